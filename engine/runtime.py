@@ -1,0 +1,649 @@
+"""Careflow's engine API: deploy, start, list and complete tasks, fire timers, read audit.
+
+Every state change is one step = one database transaction: lock the instance, restore
+the workflow, run SpiffWorkflow to the next wait state, then write the state (with an
+optimistic revision check), the human-task rows, the timer rows, the audit rows and the
+outbox rows together — or nothing at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import jinja2.sandbox
+import pluggy
+from jsonschema import Draft202012Validator, FormatChecker
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
+    CycleTimerEventDefinition,
+    TimerEventDefinition,
+)
+from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
+from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from engine import step as step_mod
+from engine.audit import append_events, data_diff, entry_to_dict
+from engine.clock import Clock, current_clock
+from engine.config import Settings
+from engine.db import make_engine, make_session_factory, upgrade_database
+from engine.deploy import Bundle, DeployResult, deploy_bundle
+from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
+from engine.models import AuditEntry, HumanTask, Incident, Instance, OutboxMessage, ProcessVersion, Timer
+from engine.sandbox import SandboxScriptEngine
+from engine.serialization import SERIALIZER_VERSION, dump_state, load_state, to_jsonable
+from engine.specs import LoadedVersion, SpecCache
+from engine.step import Step
+
+log = logging.getLogger("careflow.engine")
+_jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
+
+
+@dataclass
+class StepResult:
+    """What a step left behind: the instance's status and its ready human tasks."""
+
+    instance_id: int
+    status: str
+    revision: int
+    ready_tasks: list[dict]
+    audit_rows: list = field(default_factory=list, repr=False)
+
+
+class Careflow:
+    """The engine, bound to one database and one set of plugins. Thread-safe."""
+
+    def __init__(self, settings: Settings | None = None, plugin_manager: pluggy.PluginManager | None = None,
+                 clock: Clock | None = None):
+        self.settings = settings or Settings.from_env()
+        self.db = make_engine(self.settings.database_url)
+        self.Session = make_session_factory(self.db)
+        if plugin_manager is None:
+            from plugins.manager import get_plugin_manager
+
+            plugin_manager = get_plugin_manager()
+        self.pm = plugin_manager
+        self._clock = clock
+        self.specs = SpecCache()
+        self._wf_cache: OrderedDict[int, tuple[int, BpmnWorkflow]] = OrderedDict()
+        self._wf_cache_lock = threading.Lock()
+        self.wf_cache_size = 500
+        self.script_engine = SandboxScriptEngine(self._script_functions(), self.settings.script_timeout_s)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _script_functions(self) -> dict[str, Any]:
+        functions: dict[str, Any] = dict(step_mod.ENGINE_FUNCTIONS)
+        for contributed in reversed(self.pm.hook.careflow_script_functions()):
+            for name, fn in (contributed or {}).items():
+                functions.setdefault(name, fn)
+        return functions
+
+    def now(self) -> datetime:
+        """Now, by the engine's clock (the injected one, else the active thread clock)."""
+        return (self._clock or current_clock()).now()
+
+    def init_db(self) -> None:
+        """Create or upgrade the database schema (Alembic migrations)."""
+        upgrade_database(self.settings.database_url)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.db.dispose()
+
+    # -- deploy ------------------------------------------------------------------------------
+    def deploy(self, paths: Iterable[str | Path] | Bundle, *, author: str | None = None,
+               comment: str | None = None) -> list[DeployResult]:
+        """Validate and deploy BPMN files (and the forms they reference); see ``engine.deploy``."""
+        bundle = paths if isinstance(paths, Bundle) else Bundle.from_paths(paths)
+        with self.Session() as session, session.begin():
+            results = deploy_bundle(session, bundle, author=author, comment=comment,
+                                    max_bytes=self.settings.max_bpmn_bytes)
+            step = Step(session, self.now(), actor=author or "system", cause="user" if author else "system")
+            for r in results:
+                if r.created:
+                    step.audit("process_deployed", process_id=r.process_id, process_version_id=r.version_id,
+                               details={"version": r.version, "checksum": r.checksum, "comment": comment})
+            append_events(session, step.events)
+        return results
+
+    def latest_version(self, session: Session, process_id: str) -> ProcessVersion:
+        """The newest deployed version of a process."""
+        pv = session.scalar(select(ProcessVersion).where(ProcessVersion.process_id == process_id)
+                            .order_by(ProcessVersion.version.desc()).limit(1))
+        if pv is None:
+            raise NotFound(f"no process '{process_id}' is deployed (careflow deploy FILE.bpmn first)")
+        return pv
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self, process_id: str, data: dict | None = None, *, actor: str = "system",
+              version: int | None = None, session: Session | None = None) -> StepResult:
+        """Start an instance of the latest (or given) version and run it to its first wait state."""
+        if session is not None:  # started from inside another step (e.g. a script)
+            return self._start_in(session, process_id, data, actor, version)
+        with self.Session() as s, s.begin():
+            result = self._start_in(s, process_id, data, actor, version)
+        self._after_commit(result)
+        return result
+
+    def _start_in(self, session: Session, process_id: str, data: dict | None, actor: str,
+                  version: int | None) -> StepResult:
+        if version is None:
+            pv = self.latest_version(session, process_id)
+        else:
+            pv = session.scalar(select(ProcessVersion).where(ProcessVersion.process_id == process_id,
+                                                             ProcessVersion.version == version))
+            if pv is None:
+                raise NotFound(f"process '{process_id}' has no version {version}")
+        loaded = self.specs.get(session, pv.id)
+        wf = BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine)
+        wf.task_tree.data.update(copy.deepcopy(data or {}))
+        now = self.now()
+        inst = Instance(process_version_id=pv.id, process_id=pv.process_id, status="running", revision=0,
+                        state="{}", serializer_version=SERIALIZER_VERSION, started_by=actor, created_at=now,
+                        updated_at=now)
+        session.add(inst)
+        session.flush()
+        step = Step(session, now, actor=actor, cause="user" if actor not in ("system", "timer") else actor,
+                    instance_id=inst.id, process_id=pv.process_id, process_version_id=pv.id)
+        step.audit("instance_started", data_diff=data_diff({}, data or {}), details={"version": pv.version})
+        self._run_engine(step, wf, loaded)
+        return self._save(step, inst, wf, loaded, expected_revision=None)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def tasks(self, *, instance_id: int | None = None, user: str | None = None, groups: Iterable[str] | None = None,
+              status: str = "ready", limit: int | None = None) -> list[dict]:
+        """Human tasks (ready ones by default), optionally for an instance or a user.
+
+        With ``user``, the tasks assigned to that user plus the unassigned tasks of the
+        user's groups (the groups given, else the groups the user belongs to).
+        """
+        from engine.models import GroupMembership
+
+        with self.Session() as session:
+            q = select(HumanTask)
+            if status:
+                q = q.where(HumanTask.status == status)
+            if instance_id is not None:
+                q = q.where(HumanTask.instance_id == instance_id)
+            if user is not None:
+                if groups is None:
+                    groups = session.scalars(select(GroupMembership.group_name)
+                                             .where(GroupMembership.username == user)).all()
+                groups = list(groups)
+                cond = HumanTask.assignee == user
+                if groups:
+                    cond = cond | ((HumanTask.assignee.is_(None)) & HumanTask.group_name.in_(groups))
+                q = q.where(cond)
+            q = q.order_by(HumanTask.due_at.is_(None), HumanTask.due_at, HumanTask.created_at)
+            if limit:
+                q = q.limit(limit)
+            rows = session.scalars(q).all()
+            return [self._task_dict(session, r) for r in rows]
+
+    def task(self, task_id: str) -> dict:
+        """One human task by id, with its form inline."""
+        with self.Session() as session:
+            row = session.get(HumanTask, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            return self._task_dict(session, row)
+
+    def _task_dict(self, session: Session, row: HumanTask) -> dict:
+        form = None
+        if row.form_name:
+            form = self.specs.get(session, row.process_version_id).forms.get(row.form_name)
+        return {
+            "id": row.id, "instance_id": row.instance_id, "process_id": row.process_id, "name": row.name,
+            "title": row.title, "lane": row.lane, "group": row.group_name, "assignee": row.assignee,
+            "status": row.status, "form_name": row.form_name, "form": form, "instructions": row.instructions,
+            "created_at": _iso(row.created_at), "due_at": _iso(row.due_at),
+            "completed_at": _iso(row.completed_at), "completed_by": row.completed_by,
+        }
+
+    def complete(self, task_id: str, data: dict | None, *, user: str) -> StepResult:
+        """Complete a ready human task with form ``data`` as ``user``; run to the next wait state.
+
+        Raises ``ValidationFailed`` (field errors, nothing saved), ``Conflict`` (the task is
+        no longer ready, or the instance changed concurrently) or ``NotFound``.
+        """
+        data = data or {}
+        with self.Session() as session, session.begin():
+            row = session.get(HumanTask, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            if row.status != "ready":
+                who = f" by {row.completed_by}" if row.completed_by else ""
+                when = f" at {row.completed_at:%Y-%m-%d %H:%M} UTC" if row.completed_at else ""
+                raise Conflict(f"task {task_id} ('{row.title or row.name}') is already {row.status}{who}{when}; "
+                               "reload your task list")
+            inst = self._lock_instance(session, row.instance_id)
+            loaded = self.specs.get(session, inst.process_version_id)
+            if row.form_name:
+                self.validate_form(loaded.forms.get(row.form_name) or {}, data)
+            wf = self._load(inst, loaded)
+            try:
+                task = wf.get_task_from_id(UUID(task_id))
+            except Exception:
+                task = None
+            if task is None or task.state != TaskState.READY or not task.task_spec.manual:
+                raise Conflict(f"task {task_id} can no longer be completed (it moved on); reload your task list")
+            step = Step(session, self.now(), actor=user, cause="user", instance_id=inst.id,
+                        process_id=inst.process_id, process_version_id=inst.process_version_id,
+                        business_key=inst.business_key)
+            before = copy.deepcopy(task.data)
+            task.data.update(copy.deepcopy(data))
+            step.current_task_id = task_id
+            try:
+                token = step_mod.activate(step)
+                try:
+                    task.run()
+                finally:
+                    step_mod.deactivate(token)
+            except SpiffWorkflowException as err:
+                raise self._script_error(err) from err
+            meta = loaded.human_task_meta(task.task_spec)
+            step.audit("task_completed", task_id=task_id, task_name=meta.name, task_title=meta.title,
+                       lane=meta.lane, form_version=loaded.form_checksums.get(meta.form_name or ""),
+                       data_diff=data_diff(before, task.data))
+            self._run_engine(step, wf, loaded)
+            result = self._save(step, inst, wf, loaded, expected_revision=inst.revision, completed={task_id})
+        self._after_commit(result)
+        return result
+
+    @staticmethod
+    def validate_form(schema: dict, data: Any) -> None:
+        """Validate submitted data against a form's JSON Schema; raise ``ValidationFailed`` with field errors."""
+        validator = Draft202012Validator(schema, format_checker=FormatChecker())
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            problems = []
+            for e in errors:
+                path = "/".join(str(p) for p in e.absolute_path)
+                if e.validator == "required" and isinstance(e.instance, dict):
+                    missing = [r for r in e.validator_value if r not in e.instance]
+                    for m in missing:
+                        problems.append(Problem("is required", field=f"{path}/{m}" if path else m))
+                    continue
+                problems.append(Problem(e.message, field=path))
+            raise ValidationFailed(problems)
+
+    # -- timers ------------------------------------------------------------------------------
+    def due_timer_instances(self, now: datetime | None = None, limit: int = 100) -> list[int]:
+        """Ids of instances with a waiting timer due at ``now`` (index scan, no deserializing)."""
+        now = now or self.now()
+        with self.Session() as session:
+            return list(session.scalars(select(Timer.instance_id).where(Timer.status == "waiting",
+                                                                        Timer.due_at <= now)
+                                        .group_by(Timer.instance_id).order_by(func.min(Timer.due_at)).limit(limit)))
+
+    def fire_timers(self, instance_id: int) -> StepResult | None:
+        """Fire the due timers of one instance in one step; returns None if none was due."""
+        with self.Session() as session, session.begin():
+            inst = self._lock_instance(session, instance_id)
+            if inst.status != "running":
+                return None
+            now = self.now()
+            due_rows = session.scalars(select(Timer).where(Timer.instance_id == instance_id,
+                                                           Timer.status == "waiting", Timer.due_at <= now)).all()
+            if not due_rows:
+                return None
+            loaded = self.specs.get(session, inst.process_version_id)
+            wf = self._load(inst, loaded)
+            step = Step(session, now, actor="timer", cause="timer", instance_id=inst.id,
+                        process_id=inst.process_id, process_version_id=inst.process_version_id,
+                        business_key=inst.business_key)
+            try:
+                self._run_engine(step, wf, loaded, refresh=True)
+            except ScriptError as err:
+                session.rollback()
+                self._fail_instance(instance_id, err, actor="timer")
+                return None
+            result = self._save(step, inst, wf, loaded, expected_revision=inst.revision)
+        self._after_commit(result)
+        return result
+
+    def fire_due_timers(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Fire every due timer (up to ``limit`` instances); returns how many instances moved."""
+        fired = 0
+        for instance_id in self.due_timer_instances(now, limit):
+            try:
+                if self.fire_timers(instance_id):
+                    fired += 1
+            except Conflict:
+                continue  # another worker moved it; its timers are re-read next round
+        return fired
+
+    # -- reading -----------------------------------------------------------------------------
+    def show(self, instance_id: int) -> dict:
+        """An instance: process, version, status, data (from its state), ready tasks."""
+        with self.Session() as session:
+            inst = session.get(Instance, instance_id)
+            if inst is None:
+                raise NotFound(f"no instance {instance_id}")
+            loaded = self.specs.get(session, inst.process_version_id)
+            wf = self._load(inst, loaded, cache=False)
+            data = wf.data if wf.is_completed() else _merged_data(wf)
+            return {
+                "id": inst.id, "process_id": inst.process_id, "version": loaded.version,
+                "process_version_id": inst.process_version_id, "status": inst.status,
+                "revision": inst.revision, "business_key": inst.business_key, "started_by": inst.started_by,
+                "created_at": _iso(inst.created_at), "updated_at": _iso(inst.updated_at),
+                "completed_at": _iso(inst.completed_at), "error": inst.error, "data": to_jsonable(data),
+            }
+
+    def audit(self, instance_id: int | None = None, *, limit: int | None = None) -> list[dict]:
+        """Audit rows in sequence order (of one instance, or all)."""
+        with self.Session() as session:
+            q = select(AuditEntry).order_by(AuditEntry.seq)
+            if instance_id is not None:
+                q = q.where(AuditEntry.instance_id == instance_id)
+            if limit:
+                q = q.limit(limit)
+            return [entry_to_dict(r) for r in session.scalars(q)]
+
+    # -- the step machinery ------------------------------------------------------------------
+    def _lock_instance(self, session: Session, instance_id: int) -> Instance:
+        q = select(Instance).where(Instance.id == instance_id)
+        if self.db.dialect.name == "postgresql":
+            q = q.with_for_update()
+        inst = session.scalar(q)
+        if inst is None:
+            raise NotFound(f"no instance {instance_id}")
+        session.refresh(inst)
+        return inst
+
+    def _load(self, inst: Instance, loaded: LoadedVersion, cache: bool = True) -> BpmnWorkflow:
+        if cache:
+            with self._wf_cache_lock:
+                hit = self._wf_cache.pop(inst.id, None)
+            if hit and hit[0] == inst.revision:
+                return hit[1]
+        wf = load_state(inst.state, loaded.spec, loaded.subprocess_specs)
+        wf.script_engine = self.script_engine
+        return wf
+
+    def _remember(self, instance_id: int, revision: int, wf: BpmnWorkflow) -> None:
+        with self._wf_cache_lock:
+            self._wf_cache[instance_id] = (revision, wf)
+            while len(self._wf_cache) > self.wf_cache_size:
+                self._wf_cache.popitem(last=False)
+
+    def _forget(self, instance_id: int) -> None:
+        with self._wf_cache_lock:
+            self._wf_cache.pop(instance_id, None)
+
+    def _run_engine(self, step: Step, wf: BpmnWorkflow, loaded: LoadedVersion, refresh: bool = False) -> None:
+        """Run engine tasks to the next wait state, auditing each BPMN element that ran."""
+        snapshots: dict[UUID, dict] = {}
+        waiting_timers = {t.id for t in wf.get_tasks(state=TaskState.WAITING) if _timer_definition(t)}
+
+        def will_complete(task):
+            step.current_task_id = str(task.id)
+            if _changes_data(task):
+                snapshots[task.id] = copy.deepcopy(task.data)
+
+        def did_complete(task):
+            spec = task.task_spec
+            if spec.bpmn_id is None:
+                return  # SpiffWorkflow's internal bookkeeping tasks
+            action = "timer_fired" if task.id in waiting_timers else "engine_task"
+            before = snapshots.pop(task.id, None)
+            step.audit(action, actor="timer" if action == "timer_fired" else "system",
+                       cause="timer" if action == "timer_fired" else step.cause if step.cause == "timer"
+                       else "system", task_id=str(task.id), task_name=spec.bpmn_id, task_title=spec.bpmn_name,
+                       lane=getattr(spec, "lane", None),
+                       data_diff=data_diff(before, task.data) if before is not None else None,
+                       details={"type": spec.__class__.__name__})
+
+        token = step_mod.activate(step)
+        try:
+            rounds = 3 if refresh else 1
+            for _ in range(rounds):
+                if refresh:
+                    wf.refresh_timers()
+                wf.do_engine_steps(will_complete_task=will_complete, did_complete_task=did_complete)
+                if not refresh or not wf.get_tasks(state=TaskState.READY, manual=False):
+                    break
+        except SpiffWorkflowException as err:
+            raise self._script_error(err) from err
+        finally:
+            step_mod.deactivate(token)
+
+    @staticmethod
+    def _script_error(err: SpiffWorkflowException) -> ScriptError:
+        task = getattr(err, "task", None)
+        where = ""
+        if task is not None:
+            where = f"in task '{task.task_spec.bpmn_name or task.task_spec.bpmn_id}' ({task.task_spec.bpmn_id})"
+        line = getattr(err, "line_number", None)
+        if line:
+            where += f", line {line}"
+            if getattr(err, "error_line", None):
+                where += f": {err.error_line.strip()}"
+        cause = err.__cause__ or getattr(err, "exception", None)
+        detail = f"{type(cause).__name__}: {cause}" if cause else str(err).split("\n")[0]
+        return ScriptError(f"script error {where} — {detail}".strip())
+
+    def _save(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
+              expected_revision: int | None, completed: set[str] | None = None) -> StepResult:
+        """Write state, human tasks, timers, audit and outbox; optimistic revision check."""
+        session = step.session
+        now = step.now
+        if wf.is_completed():
+            status = "completed"
+        else:
+            status = "running"
+        ready = self._sync_human_tasks(step, inst, wf, loaded, completed or set())
+        next_due = self._sync_timers(step, inst, wf)
+        if status == "completed":
+            step.audit("instance_completed", details={"data_keys": sorted(wf.data.keys())})
+        state = dump_state(wf)
+        values = dict(state=state, status=status, updated_at=now, revision=(inst.revision or 0) + 1,
+                      next_timer_due=next_due, serializer_version=SERIALIZER_VERSION,
+                      completed_at=now if status == "completed" else None)
+        if step.business_key:
+            values["business_key"] = step.business_key
+        if expected_revision is None:
+            for k, v in values.items():
+                setattr(inst, k, v)
+            session.flush()
+        else:
+            res = session.execute(update(Instance).where(Instance.id == inst.id,
+                                                         Instance.revision == expected_revision).values(**values))
+            if res.rowcount != 1:
+                self._forget(inst.id)
+                raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
+        for m in step.messages:
+            session.add(OutboxMessage(idempotency_key=m.key, instance_id=inst.id, topic=m.topic, channel=m.channel,
+                                      recipient=m.recipient, payload=m.payload, status="pending",
+                                      attempts=0, next_attempt_at=now, created_at=now))
+        audit_rows = append_events(session, step.events)
+        session.flush()
+        self._remember(inst.id, values["revision"], wf)
+        return StepResult(inst.id, status, values["revision"], ready, audit_rows)
+
+    def _sync_human_tasks(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
+                          completed: set[str]) -> list[dict]:
+        session = step.session
+        existing = {r.id: r for r in session.scalars(select(HumanTask).where(HumanTask.instance_id == inst.id,
+                                                                             HumanTask.status == "ready"))}
+        ready_tasks = wf.get_tasks(state=TaskState.READY, manual=True)
+        ready_ids = {str(t.id) for t in ready_tasks}
+        for tid, row in existing.items():
+            if tid in ready_ids:
+                continue
+            if tid in completed:
+                row.status, row.completed_at, row.completed_by = "completed", step.now, step.actor
+            else:
+                row.status, row.completed_at = "cancelled", step.now
+                step.audit("task_cancelled", task_id=tid, task_name=row.name, task_title=row.title, lane=row.lane)
+        out = []
+        for task in ready_tasks:
+            tid = str(task.id)
+            if tid in existing:
+                row = existing[tid]
+            else:
+                row = self._new_human_task(step, inst, task, loaded)
+                session.add(row)
+            out.append({"id": row.id, "name": row.name, "title": row.title, "lane": row.lane,
+                        "assignee": row.assignee, "due_at": _iso(row.due_at)})
+        return out
+
+    def _new_human_task(self, step: Step, inst: Instance, task, loaded: LoadedVersion) -> HumanTask:
+        meta = loaded.human_task_meta(task.task_spec)
+        info = {"process_id": inst.process_id, "instance_id": inst.id, "name": meta.name, "title": meta.title,
+                "lane": meta.lane, "properties": meta.properties}
+        assignment = self.pm.hook.careflow_assign_task(task=info, data=task.data) or {}
+        assignee = assignment.get("assignee")
+        if meta.assignee_expr:
+            assignee = self._evaluate_quietly(task, meta.assignee_expr) or assignee
+        due_at = step.now + meta.due_in if meta.due_in else None
+        if meta.due_at_expr:
+            value = self._evaluate_quietly(task, meta.due_at_expr)
+            if value:
+                try:
+                    due_at = TimerEventDefinition.get_datetime(str(value)) if not isinstance(value, datetime) \
+                        else value
+                except ValueError:
+                    log.warning("dueAt of %s gave %r, not a datetime", meta.name, value)
+        instructions = None
+        if meta.instructions:
+            try:
+                instructions = _jinja.from_string(meta.instructions).render(**_merged_data_of(task))
+            except jinja2.TemplateError as err:
+                instructions = f"{meta.instructions}\n\n(template error: {err})"
+        step.audit("task_ready", actor="system", cause="system" if step.cause != "timer" else "timer",
+                   task_id=str(task.id), task_name=meta.name, task_title=meta.title, lane=meta.lane,
+                   details={"group": assignment.get("group"), "assignee": assignee,
+                            "due_at": _iso(due_at)})
+        return HumanTask(
+            id=str(task.id), instance_id=inst.id, process_id=inst.process_id,
+            process_version_id=inst.process_version_id, name=meta.name, title=meta.title, lane=meta.lane,
+            group_name=assignment.get("group", meta.lane), assignee=assignee, form_name=meta.form_name,
+            form_checksum=loaded.form_checksums.get(meta.form_name or ""), instructions=instructions,
+            status="ready", created_at=step.now, due_at=due_at,
+        )
+
+    def _evaluate_quietly(self, task, expr: str) -> Any:
+        try:
+            return self.script_engine.evaluate(task, expr)
+        except Exception as err:  # a bad assignee/due expression must not break the step
+            log.warning("could not evaluate %r on task %s: %s", expr, task.task_spec.bpmn_id, err)
+            return None
+
+    def _sync_timers(self, step: Step, inst: Instance, wf: BpmnWorkflow) -> datetime | None:
+        session = step.session
+        waiting: dict[tuple[str, datetime], str | None] = {}
+        for task in wf.get_tasks(state=TaskState.WAITING):
+            definition = _timer_definition(task)
+            if definition is None:
+                continue
+            due = _timer_due(task, definition)
+            if due is not None:
+                waiting[(str(task.id), due)] = task.task_spec.bpmn_name or task.task_spec.bpmn_id
+        rows = session.scalars(select(Timer).where(Timer.instance_id == inst.id, Timer.status == "waiting")).all()
+        kept = set()
+        for row in rows:
+            key = (row.task_id, row.due_at)
+            if key in waiting:
+                kept.add(key)
+            else:
+                fired = row.due_at <= step.now
+                row.status = "fired" if fired else "cancelled"
+                row.fired_at = step.now if fired else None
+        for key, name in waiting.items():
+            if key not in kept:
+                session.add(Timer(instance_id=inst.id, task_id=key[0], name=name, kind="bpmn", due_at=key[1],
+                                  status="waiting"))
+        return min((k[1] for k in waiting), default=None)
+
+    def _fail_instance(self, instance_id: int, err: Exception, actor: str) -> None:
+        """Mark an instance failed (its last committed state is kept) and raise an incident."""
+        self._forget(instance_id)
+        with self.Session() as session, session.begin():
+            inst = self._lock_instance(session, instance_id)
+            now = self.now()
+            inst.status, inst.error, inst.updated_at = "failed", str(err), now
+            step = Step(session, now, actor=actor, cause=actor, instance_id=inst.id, process_id=inst.process_id,
+                        process_version_id=inst.process_version_id)
+            step.audit("instance_failed", details={"error": str(err)})
+            session.add(Incident(kind="instance", source=inst.process_id, message=str(err),
+                                 traceback=traceback.format_exc(), instance_id=inst.id, created_at=now))
+            append_events(session, step.events)
+
+    def _after_commit(self, result: StepResult | None) -> None:
+        """Tell audit observers about the rows a committed step wrote."""
+        rows = result.audit_rows if result else []
+        if not rows:
+            return
+        hooks = self.pm.hook.careflow_audit_event
+        for row in rows:
+            event = entry_to_dict(row)
+            for impl in hooks.get_hookimpls():
+                try:
+                    impl.function(event=event)
+                except Exception as err:  # an observer never affects the step or other observers
+                    self.record_incident("plugin", impl.plugin_name, f"audit observer failed: {err}",
+                                         instance_id=event.get("instance_id"))
+
+    def record_incident(self, kind: str, source: str | None, message: str, *, instance_id: int | None = None,
+                        outbox_id: int | None = None, tb: str | None = None) -> None:
+        """Record an incident in its own transaction."""
+        with self.Session() as session, session.begin():
+            session.add(Incident(kind=kind, source=source, message=message, traceback=tb or traceback.format_exc(),
+                                 instance_id=instance_id, outbox_id=outbox_id, created_at=self.now()))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _timer_definition(task) -> TimerEventDefinition | None:
+    definition = getattr(task.task_spec, "event_definition", None)
+    return definition if isinstance(definition, TimerEventDefinition) else None
+
+
+def _timer_due(task, definition: TimerEventDefinition) -> datetime | None:
+    value = task.internal_data.get("event_value")
+    if value is None:
+        return None
+    try:
+        if isinstance(definition, CycleTimerEventDefinition) and isinstance(value, dict):
+            return datetime.fromisoformat(value["next"])
+        return TimerEventDefinition.get_datetime(value) if isinstance(value, str) else None
+    except (ValueError, KeyError):
+        return None
+
+
+def _changes_data(task) -> bool:
+    spec = task.task_spec
+    return (spec.__class__.__name__ in ("ScriptTask", "SubWorkflowTask", "CallActivity")
+            or bool(getattr(spec, "prescript", None) or getattr(spec, "postscript", None))
+            or isinstance(spec, CatchingEvent))
+
+
+def _merged_data_of(task) -> dict:
+    return dict(task.data)
+
+
+def _merged_data(wf: BpmnWorkflow) -> dict:
+    """Best view of a running instance's data: the latest data of its newest tasks."""
+    data: dict = dict(wf.data)
+    tasks = sorted(wf.get_tasks(state=TaskState.READY | TaskState.WAITING | TaskState.COMPLETED),
+                   key=lambda t: t.last_state_change)
+    for t in tasks:
+        data.update(t.data)
+    return data
+
