@@ -43,3 +43,47 @@ def careflow_audit_event(event: dict) -> None:
     Collected: every implementation is called for every row, after commit; an exception
     is recorded as an incident and never affects the step or other observers.
     """
+
+
+@hookspec(firstresult=True)
+def careflow_customer_tier(customer: dict) -> str | None:
+    """The tier of a customer.
+
+    First result wins. ``customer`` is the customer record (``annual_spend`` in CNY,
+    ``has_inquiries``, ``strategic_value``...). Default: the annual-spend scheme
+    (core / important / basic / potential); the shipped A/B/C plugin answers by
+    strategic value when the configuration selects it.
+    """
+
+
+@hookspec(firstresult=True)
+def careflow_sla_policy(kind: str, priority: str | None, ticket_type: str | None, tier: str | None) -> dict | None:
+    """The SLA budgets for a ticket or complaint.
+
+    First result wins. ``kind`` is ``ticket`` or ``complaint``. Return
+    ``{"policy": name, "clocks": {clock_name: budget}}`` where a budget is an ISO 8601
+    duration (wall clock, e.g. ``"PT4H"``) or ``"<n>WD"`` (working days) /
+    ``"<n>BH"`` (business hours). Default: the domain table — urgent 2 h / 4 h,
+    important 4 h / 24 h, general 24 h / 3WD (clocks ``first_response`` and
+    ``solution``); complaints 1 h / 24 h / 48 h (clocks ``respond``, ``plan``, ``resolve``).
+    """
+
+
+@hookspec
+def careflow_escalation_ladder(clock: dict) -> list[dict]:
+    """Rungs of escalation for an overdue (or nearly overdue) SLA clock.
+
+    Collected: every plugin returns a list of rungs; all rungs are used, each fires at
+    most once per clock. A rung is ``{"name": str, "at_fraction": float,
+    "notify": "owner" | "supervisor" | "manager" | username, "repeat_every": ISO
+    duration or None}``. Default: owner at 0.5, supervisor at 1.0, manager at 1.5.
+    """
+
+
+@hookspec
+def careflow_notification_channels() -> list:
+    """Notification channels this plugin provides.
+
+    Collected: each plugin returns a list of channel objects with a ``name``
+    attribute and a ``send(message: dict) -> None`` method that raises on failure.
+    """

@@ -1,0 +1,5 @@
+"""``python -m careflow``."""
+
+from careflow.cli import main
+
+main()

@@ -1,0 +1,43 @@
+# Functions shared by scripts/run.sh and scripts/test.sh (sourced, not run).
+
+# setup_python [test]: a virtualenv in .venv with Careflow installed (and test extras).
+setup_python() {
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  local extras=""
+  [ "${1:-}" = "test" ] && extras="[test]"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e ".${extras}"
+}
+
+# setup_postgres: start a throwaway PostgreSQL and export CAREFLOW_TEST_POSTGRES_URL.
+setup_postgres() {
+  if [ -n "${CAREFLOW_TEST_POSTGRES_URL:-}" ]; then return 0; fi
+  local bindir
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$bindir" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing PostgreSQL (Debian package)..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || return 1
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+  [ -n "$bindir" ] || { echo "PostgreSQL not available: PostgreSQL tests will be skipped"; return 1; }
+  PG_DIR=$(mktemp -d /tmp/careflow-pg.XXXXXX)
+  PG_PORT=${CAREFLOW_TEST_PG_PORT:-55432}
+  local as=()
+  if [ "$(id -u)" = 0 ]; then chown postgres "$PG_DIR"; as=(runuser -u postgres --); fi
+  "${as[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U careflow --auth=trust -E UTF8 >/dev/null
+  "${as[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off" \
+    -l "$PG_DIR/log" -w start >/dev/null
+  "${as[@]}" "$bindir/createdb" -h 127.0.0.1 -p "$PG_PORT" -U careflow careflow_test
+  export CAREFLOW_TEST_POSTGRES_URL="postgresql://careflow@127.0.0.1:$PG_PORT/careflow_test"
+  export PG_BINDIR=$bindir PG_DIR PG_AS="${as[*]}"
+  echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') running for the tests on port $PG_PORT"
+}
+
+stop_postgres() {
+  if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
+    ${PG_AS:-} "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
+}
