@@ -160,6 +160,7 @@ def validate_bundle(bundle: Bundle, max_bytes: int = 5 * 1024 * 1024) -> list[Pr
 
     for name, tree in trees.items():
         problems += _unsupported_elements(tree, name)
+        problems += _cycle_problems(tree.getroot(), name)
     if problems:
         raise DeployError(problems)
 
@@ -368,7 +369,6 @@ def _check_elements(tree, filename, forms, form_problems) -> tuple[list[Problem]
                 problems += _timer_problems(timer.getparent(), local(child.tag), (child.text or "").strip(),
                                             filename, warnings)
 
-    problems += _cycle_problems(root, filename)
     return problems, used_forms, warnings
 
 

@@ -72,6 +72,12 @@ class _CarefulTransformer(RestrictingNodeTransformer):
         call = ast.Expr(value=ast.Call(func=ast.Name(id="_tick_", ctx=ast.Load()), args=[], keywords=[]))
         return _located(call, node)
 
+    def visit_Import(self, node: ast.Import) -> ast.AST:
+        self.error(node, "imports are not allowed in scripts; use the host functions plugins provide")
+        return node
+
+    visit_ImportFrom = visit_Import
+
     def visit_While(self, node: ast.While) -> ast.AST:
         node = self.node_contents_visit(node)
         node.body.insert(0, self._tick_call(node))

@@ -15,17 +15,77 @@ from typing import Any
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
-from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnSubWorkflowConverter, BpmnWorkflowConverter
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION
 from SpiffWorkflow.bpmn.specs import BpmnProcessSpec
+from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+from SpiffWorkflow.util.task import TaskState
+
+_FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
-class SpeclessWorkflowConverter(BpmnWorkflowConverter):
+class _TaskDictCache:
+    """Converted dicts of finished tasks, reused while the task is unchanged.
+
+    A finished task no longer changes, except for its children list (pruned
+    predictions), which is part of the cache key. SpiffWorkflow stores a task's data as
+    a delta against its parent's data; that delta only stays valid while the parent is
+    finished too, so a finished task under a still-running parent (an iteration of a
+    loop) is stored with its full data instead. This keeps saving a step cheap as an
+    instance's history grows.
+    """
+
+    def workflow_common(self, workflow) -> dict:
+        cache = workflow.__dict__.setdefault("_careflow_task_dicts", {})
+        tasks = {}
+        convert = self.registry.convert
+        all_tasks = workflow.tasks
+        for tid, task in all_tasks.items():
+            if task.state & _FINISHED:
+                parent = all_tasks.get(task._parent) if task._parent is not None else None
+                parent_finished = parent is None or bool(parent.state & _FINISHED)
+                key = (task.state, task.last_state_change, tuple(task._children), task.triggered, parent_finished)
+                hit = cache.get(tid)
+                if hit is not None and hit[0] == key:
+                    tasks[str(tid)] = hit[1]
+                    continue
+                dct = convert(task)
+                if not parent_finished and parent is not None:
+                    dct["data"], dct["delta"] = task.data, {}
+                cache[tid] = (key, dct)
+            else:
+                dct = convert(task)
+            tasks[str(tid)] = dct
+        if len(cache) > len(all_tasks):
+            for gone in set(cache) - set(all_tasks):
+                del cache[gone]
+        return {
+            "data": self.registry.convert(self.registry.clean(workflow.data)),
+            "correlations": workflow.correlations,
+            "last_task": str(workflow.last_task.id) if workflow.last_task is not None else None,
+            "success": workflow.success,
+            "completed": workflow.completed,
+            "tasks": tasks,
+            "root": str(workflow.task_tree.id),
+        }
+
+
+class CachingSubWorkflowConverter(_TaskDictCache, BpmnSubWorkflowConverter):
+    """Subprocess converter with the finished-task cache."""
+
+    def to_dict(self, workflow) -> dict:
+        dct = self.workflow_common(workflow)
+        dct["parent_task_id"] = str(workflow.parent_task_id)
+        dct["spec"] = workflow.spec.name
+        return dct
+
+
+class SpeclessWorkflowConverter(_TaskDictCache, BpmnWorkflowConverter):
     """Converts a workflow without its specs; restores it around specs given by the caller."""
 
     def to_dict(self, workflow: BpmnWorkflow) -> dict:
-        dct = super(BpmnWorkflowConverter, self).to_dict(workflow)
+        dct = self.workflow_common(workflow)
         dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
         dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
         return dct
@@ -54,6 +114,7 @@ def _uuid():
 def _make_serializer() -> BpmnWorkflowSerializer:
     config = dict(SPIFF_CONFIG)
     config[BpmnWorkflow] = SpeclessWorkflowConverter
+    config[BpmnSubWorkflow] = CachingSubWorkflowConverter
     registry = BpmnWorkflowSerializer.configure(config)
     registry.register(Decimal, lambda v: {"value": str(v)}, lambda d: Decimal(d["value"]))
     registry.register(date, lambda v: {"value": v.isoformat()}, lambda d: date.fromisoformat(d["value"]),
