@@ -116,6 +116,7 @@ class ProcessPlan:
     form_checksums: dict[str, str]
     checksum: str
     warnings: list[str]
+    called_only: bool = False
 
 
 @dataclass
@@ -182,6 +183,8 @@ def validate_bundle(bundle: Bundle, max_bytes: int = 5 * 1024 * 1024) -> list[Pr
         raise DeployError(problems)
 
     forms, form_problems = _load_forms(bundle)
+    called = {el.get("calledElement") for tree in trees.values()
+              for el in tree.getroot().iter(f"{{{BPMN_NS}}}callActivity")}
     plans: list[ProcessPlan] = []
     executable = [pid for name, tree in trees.items() for proc in tree.getroot().iter(f"{{{BPMN_NS}}}process")
                   if (pid := proc.get("id")) and proc.get("isExecutable", "true") != "false"]
@@ -210,7 +213,7 @@ def validate_bundle(bundle: Bundle, max_bytes: int = 5 * 1024 * 1024) -> list[Pr
         plans.append(ProcessPlan(
             process_id=pid, name=_process_name(trees[process_file[pid]], pid), files=file_texts, forms=form_map,
             form_checksums={f: _sha(_canonical(s)) for f, s in form_map.items()}, checksum=checksum,
-            warnings=sorted(set(warnings)),
+            warnings=sorted(set(warnings)), called_only=pid in called,
         ))
     if problems:
         raise DeployError(_dedupe(problems))
@@ -508,7 +511,8 @@ def deploy_bundle(session: Session, bundle: Bundle, *, author: str | None = None
         pv = ProcessVersion(
             process_id=plan.process_id, process_name=plan.name, version=latest + 1, checksum=plan.checksum,
             bpmn_files=plan.files, forms=plan.forms, form_checksums=plan.form_checksums,
-            warnings=plan.warnings, author=author, comment=comment, created_at=utcnow(),
+            warnings=plan.warnings, called_only=plan.called_only, author=author, comment=comment,
+            created_at=utcnow(),
         )
         session.add(pv)
         session.flush()

@@ -69,6 +69,7 @@ class ProcessVersion(Base):
     forms: Mapped[dict] = mapped_column(JSON)  # {filename: JSON Schema}
     form_checksums: Mapped[dict] = mapped_column(JSON)  # {filename: sha256}
     warnings: Mapped[list] = mapped_column(JSON, default=list)
+    called_only: Mapped[bool] = mapped_column(Boolean, default=False)  # only reached via a call activity
     author: Mapped[str | None] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -104,6 +105,9 @@ class HumanTask(Base):
         Index("ix_human_tasks_status_lane", "status", "lane"),
         Index("ix_human_tasks_status_assignee", "status", "assignee"),
         Index("ix_human_tasks_status_due", "status", "due_at"),
+        # inbox queries (migration 0006): a group's or a user's open tasks in due order
+        Index("ix_human_tasks_inbox_group", "status", "group_name", "assignee", "due_at"),
+        Index("ix_human_tasks_inbox_assignee", "status", "assignee", "due_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # SpiffWorkflow task UUID
@@ -123,13 +127,25 @@ class HumanTask(Base):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_by: Mapped[str | None] = mapped_column(String(200))
+    # inbox filter facets taken from the task data when it became ready (migration 0006)
+    priority: Mapped[str | None] = mapped_column(String(20))
+    customer_id: Mapped[str | None] = mapped_column(String(64))
+    customer_name: Mapped[str | None] = mapped_column(String(200))
 
 
 class AuditEntry(Base):
     """One append-only, hash-chained audit row per step; never updated or deleted."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_instance_seq", "instance_id", "seq"), Index("ix_audit_at", "at"))
+    __table_args__ = (
+        Index("ix_audit_instance_seq", "instance_id", "seq"),
+        Index("ix_audit_at", "at"),
+        # auditor search (migration 0007): one filter, newest first by (at, seq)
+        Index("ix_audit_actor_at", "actor", "at", "seq"),
+        Index("ix_audit_process_at", "process_id", "at", "seq"),
+        Index("ix_audit_action_at", "action", "at", "seq"),
+        Index("ix_audit_version_at", "process_version_id", "at", "seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 setup_python
+setup_web
 export CAREFLOW_HOME=${CAREFLOW_HOME:-$PWD/instance}
+# plain http on localhost: let the browser send the session cookie without TLS (see README)
+export CAREFLOW_INSECURE_COOKIES=${CAREFLOW_INSECURE_COOKIES:-1}
 .venv/bin/careflow init-db
 .venv/bin/careflow demo-data
 if .venv/bin/careflow serve --help >/dev/null 2>&1; then

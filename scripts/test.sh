@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 setup_python test
+setup_web
+setup_browser || true
 setup_postgres || true
 if [ "${CI:-}" = "true" ] && [ -z "${CAREFLOW_TEST_POSTGRES_URL:-}" ]; then
   echo "CI needs PostgreSQL but it could not be started" >&2; exit 1

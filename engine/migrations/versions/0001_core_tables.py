@@ -92,6 +92,7 @@ def upgrade() -> None:
     sa.Column('forms', sa.JSON(), nullable=False),
     sa.Column('form_checksums', sa.JSON(), nullable=False),
     sa.Column('warnings', sa.JSON(), nullable=False),
+    sa.Column('called_only', sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column('author', sa.String(length=200), nullable=True),
     sa.Column('comment', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),

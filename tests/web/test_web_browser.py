@@ -1,0 +1,154 @@
+"""A real browser (Debian's Chromium, headless, driven by Playwright) against the real app
+served over HTTP: sign in, claim, submit with a validation error, fix it, complete, and
+the supervisor sees the next task. Screenshots go to ``test-output/``."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from webtools import FIXTURES, PASSWORD, ROOT, add_users, make_app
+from werkzeug.serving import make_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUT = ROOT / "test-output"
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (the Debian package the test command installs)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def live_server(cf, monkeypatch):
+    """The app on a real HTTP server (127.0.0.1, a free port, plain http like the run command)."""
+    monkeypatch.setenv("CAREFLOW_INSECURE_COOKIES", "1")
+    add_users(cf)
+    cf.deploy([FIXTURES / "simple.bpmn"], author="test")
+    app = make_app(cf)
+    app.config["TESTING"] = False  # errors are handled as in production
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+def _sign_in(page, base: str, user: str) -> None:
+    page.goto(base + "/login")
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.click("button.primary[type=submit]")
+    page.wait_for_url(re.compile(r".*/tasks$"))
+
+
+def _shot(page, name: str) -> Path:
+    OUT.mkdir(exist_ok=True)
+    path = OUT / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 20_000, f"{path} looks empty"
+    return path
+
+
+def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browser):
+    """The agent's whole round trip in Chinese, then the supervisor's inbox."""
+    cf.start("simple_review", {"customer": "上海示例科技有限公司", "priority": "urgent"}, actor="test")
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    problems: list[str] = []  # script errors, CSP violations, failing scripts/styles/data
+    page.on("console", lambda m: problems.append(f"{page.url}: {m.text}")
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on("pageerror", lambda e: problems.append(f"{page.url}: {e}"))
+    page.on("response", lambda r: problems.append(f"{r.url}: {r.status}")
+            if r.status >= 400 and r.request.resource_type != "document" else None)
+
+    _sign_in(page, live_server, "ann")
+    row = page.locator("#inbox-table tbody tr").first
+    assert "登记" in row.inner_text() and "上海示例科技有限公司" in row.inner_text()
+    assert "剩余" in row.locator(".sla").inner_text()
+    _shot(page, "inbox.png")
+
+    row.get_by_role("button", name="领取").click()
+    page.wait_for_url(re.compile(r".*/tasks/[0-9a-f-]+$"))
+    assert "任务已领取" in page.locator(".flashes").inner_text()
+    assert page.input_value("#f-customer") == "上海示例科技有限公司"
+
+    page.fill("#f-amount", "-5")
+    page.fill("#f-email", "zhang@example.com")
+    page.click("#complete-button")
+    error = page.locator("#f-amount-error")
+    error.wait_for()
+    assert "不能小于 0" in error.inner_text()
+    assert page.input_value("#f-amount") == "-5"  # input kept
+    assert page.input_value("#f-email") == "zhang@example.com"
+    assert page.locator(".field.has-error").count() == 1
+    _shot(page, "task.png")
+
+    page.fill("#f-amount", "500")
+    page.click("#complete-button")
+    page.wait_for_url(re.compile(r".*/tasks$"))
+    flashes = page.locator(".flashes").inner_text()
+    assert "任务已完成" in flashes and "审批" in flashes
+    assert page.locator("#inbox-table").count() == 0  # the agent has nothing left
+
+    page.locator("form[action='/logout'] button").click()
+    page.wait_for_url(re.compile(r".*/login$"))
+    _sign_in(page, live_server, "sam")
+    row = page.locator("#inbox-table tbody tr").first
+    assert "审批" in row.inner_text()
+    row.get_by_role("link", name="审批").click()
+    page.wait_for_url(re.compile(r".*/tasks/[0-9a-f-]+$"))
+    page.locator("#claim-button").click()
+    page.locator("label:has-text('是') input[type=radio]").check()
+    page.click("#complete-button")
+    page.wait_for_url(re.compile(r".*/tasks$"))
+    assert "任务已完成" in page.locator(".flashes").inner_text()
+
+    page.goto(live_server + "/instances/1")
+    page.wait_for_selector("#diagram[data-rendered=true]", timeout=15_000)
+    assert page.locator("#diagram .djs-element.cf-done").count() >= 3
+    assert "任务已领取" in page.locator("#history").inner_text()
+    _shot(page, "instance.png")
+    assert not problems, problems  # no script errors, no CSP violations
+    context.close()
+
+
+def test_english_and_stale_task(cf, live_server, browser):
+    """An English browser gets English; a task completed elsewhere is explained, not a crash."""
+    result = cf.start("simple_review", {"customer": "ACME"}, actor="test")
+    task_id = result.ready_tasks[0]["id"]
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    _sign_in(page, live_server, "ann")
+    assert "My inbox" in page.content()
+    page.goto(f"{live_server}/tasks/{task_id}")
+    page.locator("#claim-button").click()
+    page.fill("#f-amount", "5")
+    from engine import inbox
+
+    cf.complete(task_id, {"customer": "ACME", "amount": 5}, user="ann")  # e.g. from another tab
+    assert inbox.get_task_row(cf, task_id)["status"] == "completed"
+    page.click("#complete-button")
+    assert "This task is no longer open" in page.content()
+    assert "already completed by ann" in page.content()
+    page.goto(live_server + "/no/such/page")
+    assert "Not found" in page.content() and "Traceback" not in page.content()
+    context.close()
