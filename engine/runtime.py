@@ -8,6 +8,7 @@ outbox rows together — or nothing at all.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -36,11 +37,12 @@ from sqlalchemy.orm import Session
 
 from engine import step as step_mod
 from engine.audit import append_events, data_diff, entry_to_dict
-from engine.clock import Clock, current_clock
+from engine.clock import Clock, current_clock, use_clock
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory, upgrade_database
 from engine.deploy import Bundle, DeployResult, deploy_bundle
 from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
+from engine.inbox import task_facets
 from engine.models import AuditEntry, HumanTask, Incident, Instance, OutboxMessage, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
 from engine.serialization import SERIALIZER_VERSION, dump_state, load_state, to_jsonable
@@ -49,6 +51,15 @@ from engine.step import Step
 
 log = logging.getLogger("careflow.engine")
 _jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
+
+
+@dataclass
+class TimerFiring:
+    """Outcome of claiming one instance with a due timer (see ``Careflow.fire_next_due_timer``)."""
+
+    instance_id: int
+    result: StepResult | None  # None: nothing fired (instance moved on meanwhile, or failed)
+    still_due: bool  # a due timer still waits after the step (SpiffWorkflow did not fire it)
 
 
 @dataclass
@@ -290,39 +301,88 @@ class Careflow:
 
     def fire_timers(self, instance_id: int) -> StepResult | None:
         """Fire the due timers of one instance in one step; returns None if none was due."""
-        with self.Session() as session, session.begin():
-            inst = self._lock_instance(session, instance_id)
-            if inst.status != "running":
-                return None
-            now = self.now()
-            due_rows = session.scalars(select(Timer).where(Timer.instance_id == instance_id,
-                                                           Timer.status == "waiting", Timer.due_at <= now)).all()
-            if not due_rows:
-                return None
-            loaded = self.specs.get(session, inst.process_version_id)
-            wf = self._load(inst, loaded)
-            step = Step(session, now, actor="timer", cause="timer", instance_id=inst.id,
-                        process_id=inst.process_id, process_version_id=inst.process_version_id,
-                        business_key=inst.business_key)
-            try:
-                self._run_engine(step, wf, loaded, refresh=True)
-            except ScriptError as err:
-                session.rollback()
-                self._fail_instance(instance_id, err, actor="timer")
-                return None
-            result = self._save(step, inst, wf, loaded, expected_revision=inst.revision)
+        try:
+            with self.Session() as session, session.begin():
+                inst = self._lock_instance(session, instance_id)
+                result, _ = self._fire_locked(session, inst)
+        except ScriptError as err:
+            self._fail_instance(instance_id, err, actor="timer")
+            return None
         self._after_commit(result)
         return result
+
+    def claim_due_timer_instance(self, session: Session, now: datetime,
+                                 skip: Iterable[int] = ()) -> Instance | None:
+        """Lock one running instance with a timer due before ``now`` (earliest first), or None.
+
+        On PostgreSQL the instance row is claimed with ``FOR UPDATE SKIP LOCKED``, so several
+        workers share the due set and never wait for each other; on SQLite the step's
+        ``BEGIN IMMEDIATE`` already makes this transaction the only writer.
+        """
+        q = (select(Instance.id).join(Timer, Timer.instance_id == Instance.id)
+             .where(Timer.status == "waiting", Timer.due_at < now, Instance.status == "running"))
+        skip = list(skip)
+        if skip:
+            q = q.where(Instance.id.notin_(skip))
+        q = q.order_by(Timer.due_at).limit(1)
+        if self.db.dialect.name == "postgresql":
+            q = q.with_for_update(of=Instance, skip_locked=True)
+        instance_id = session.scalar(q)
+        return None if instance_id is None else self._lock_instance(session, instance_id)
+
+    def fire_next_due_timer(self, now: datetime | None = None, skip: Iterable[int] = ()) -> TimerFiring | None:
+        """Claim the instance with the earliest due timer and fire its due timers in one step.
+
+        Returns None when nothing is due. ``skip``: instance ids to leave alone (e.g. ones
+        whose timer did not fire in this pass).
+        """
+        now = now or self.now()
+        claimed: int | None = None
+        try:
+            with self.Session() as session, session.begin():
+                inst = self.claim_due_timer_instance(session, now, skip)
+                if inst is None:
+                    return None
+                claimed = inst.id
+                result, still_due = self._fire_locked(session, inst)
+        except ScriptError as err:
+            self._fail_instance(claimed, err, actor="timer")
+            return TimerFiring(claimed, None, False)
+        except Conflict:
+            return TimerFiring(claimed, None, True)
+        self._after_commit(result)
+        return TimerFiring(claimed, result, still_due)
+
+    def _fire_locked(self, session: Session, inst: Instance) -> tuple[StepResult | None, bool]:
+        """Run the due timers of a locked instance: (result or None if none was due, a due timer still waits)."""
+        if inst.status != "running":
+            return None, False
+        now = self.now()
+        due_rows = session.scalars(select(Timer).where(Timer.instance_id == inst.id,
+                                                       Timer.status == "waiting", Timer.due_at <= now)).all()
+        if not due_rows:
+            return None, False
+        loaded = self.specs.get(session, inst.process_version_id)
+        wf = self._load(inst, loaded)
+        step = Step(session, now, actor="timer", cause="timer", instance_id=inst.id,
+                    process_id=inst.process_id, process_version_id=inst.process_version_id,
+                    business_key=inst.business_key)
+        self._run_engine(step, wf, loaded, refresh=True)
+        result = self._save(step, inst, wf, loaded, expected_revision=inst.revision)
+        return result, any(r.status == "waiting" for r in due_rows)
 
     def fire_due_timers(self, now: datetime | None = None, limit: int = 100) -> int:
         """Fire every due timer (up to ``limit`` instances); returns how many instances moved."""
         fired = 0
-        for instance_id in self.due_timer_instances(now, limit):
-            try:
-                if self.fire_timers(instance_id):
-                    fired += 1
-            except Conflict:
-                continue  # another worker moved it; its timers are re-read next round
+        skip: set[int] = set()
+        while fired + len(skip) < limit:
+            firing = self.fire_next_due_timer(now, skip)
+            if firing is None:
+                break
+            if firing.result is not None:
+                fired += 1
+            if firing.result is None or firing.still_due:
+                skip.add(firing.instance_id)  # did not move: do not claim it again in this pass
         return fired
 
     # -- reading -----------------------------------------------------------------------------
@@ -387,7 +447,7 @@ class Careflow:
     def _run_engine(self, step: Step, wf: BpmnWorkflow, loaded: LoadedVersion, refresh: bool = False) -> None:
         """Run engine tasks to the next wait state, auditing each BPMN element that ran."""
         snapshots: dict[UUID, dict] = {}
-        waiting_timers = {t.id for t in wf.get_tasks(state=TaskState.WAITING) if _timer_definition(t)}
+        waiting_timers = {t.id for t in _waiting_events(wf) if _timer_definition(t)}
 
         def will_complete(task):
             step.current_task_id = str(task.id)
@@ -408,14 +468,22 @@ class Careflow:
                        details={"type": spec.__class__.__name__})
 
         token = step_mod.activate(step)
+        # SpiffWorkflow reads the thread's clock: make it the engine's clock when one was injected
+        clock_ctx = use_clock(self._clock) if self._clock is not None else contextlib.nullcontext()
         try:
-            rounds = 3 if refresh else 1
-            for _ in range(rounds):
-                if refresh:
-                    wf.refresh_timers()
-                wf.do_engine_steps(will_complete_task=will_complete, did_complete_task=did_complete)
-                if not refresh or not wf.get_tasks(state=TaskState.READY, manual=False):
-                    break
+            with clock_ctx:
+                rounds = 3 if refresh else 1
+                for _ in range(rounds):
+                    if refresh:
+                        wf.refresh_timers()
+                    wf.do_engine_steps(will_complete_task=will_complete, did_complete_task=did_complete)
+                    if not refresh or not wf.get_tasks(state=TaskState.READY, manual=False):
+                        break
+                for event in wf.get_events():  # drained so they do not pile up in the state
+                    kind = type(event.event_definition).__name__
+                    if "Terminate" not in kind:
+                        step.audit("event_thrown", details={"event": getattr(event.event_definition, "name", kind),
+                                                            "payload": to_jsonable(event.payload)})
         except SpiffWorkflowException as err:
             raise self._script_error(err) from err
         finally:
@@ -435,6 +503,14 @@ class Careflow:
         cause = err.__cause__ or getattr(err, "exception", None)
         detail = f"{type(cause).__name__}: {cause}" if cause else str(err).split("\n")[0]
         return ScriptError(f"script error {where} — {detail}".strip())
+
+    def save_migrated(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion) -> StepResult:
+        """Save an instance moved onto the version ``loaded`` (``engine.migration``): the write
+        path of a step (state, human tasks, timers, audit, revision check) with the new version
+        id. The caller holds the instance lock and commits."""
+        expected = inst.revision
+        inst.process_version_id = loaded.id
+        return self._save(step, inst, wf, loaded, expected_revision=expected)
 
     def _save(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
               expected_revision: int | None, completed: set[str] | None = None) -> StepResult:
@@ -479,7 +555,7 @@ class Careflow:
         session = step.session
         existing = {r.id: r for r in session.scalars(select(HumanTask).where(HumanTask.instance_id == inst.id,
                                                                              HumanTask.status == "ready"))}
-        ready_tasks = wf.get_tasks(state=TaskState.READY, manual=True)
+        ready_tasks = [t for t in _iter_tasks(wf) if t.state == TaskState.READY and t.task_spec.manual]
         ready_ids = {str(t.id) for t in ready_tasks}
         for tid, row in existing.items():
             if tid in ready_ids:
@@ -505,7 +581,11 @@ class Careflow:
         meta = loaded.human_task_meta(task.task_spec)
         info = {"process_id": inst.process_id, "instance_id": inst.id, "name": meta.name, "title": meta.title,
                 "lane": meta.lane, "properties": meta.properties}
-        assignment = self.pm.hook.careflow_assign_task(task=info, data=task.data) or {}
+        token = step_mod.activate(step)  # a failing assignment plugin becomes an incident of this step
+        try:
+            assignment = self.pm.hook.careflow_assign_task(task=info, data=task.data) or {}
+        finally:
+            step_mod.deactivate(token)
         assignee = assignment.get("assignee")
         if meta.assignee_expr:
             assignee = self._evaluate_quietly(task, meta.assignee_expr) or assignee
@@ -533,7 +613,7 @@ class Careflow:
             process_version_id=inst.process_version_id, name=meta.name, title=meta.title, lane=meta.lane,
             group_name=assignment.get("group", meta.lane), assignee=assignee, form_name=meta.form_name,
             form_checksum=loaded.form_checksums.get(meta.form_name or ""), instructions=instructions,
-            status="ready", created_at=step.now, due_at=due_at,
+            status="ready", created_at=step.now, due_at=due_at, **task_facets(task.data),
         )
 
     def _evaluate_quietly(self, task, expr: str) -> Any:
@@ -546,7 +626,7 @@ class Careflow:
     def _sync_timers(self, step: Step, inst: Instance, wf: BpmnWorkflow) -> datetime | None:
         session = step.session
         waiting: dict[tuple[str, datetime], str | None] = {}
-        for task in wf.get_tasks(state=TaskState.WAITING):
+        for task in _waiting_events(wf):
             definition = _timer_definition(task)
             if definition is None:
                 continue
@@ -588,15 +668,9 @@ class Careflow:
         rows = result.audit_rows if result else []
         if not rows:
             return
-        hooks = self.pm.hook.careflow_audit_event
-        for row in rows:
-            event = entry_to_dict(row)
-            for impl in hooks.get_hookimpls():
-                try:
-                    impl.function(event=event)
-                except Exception as err:  # an observer never affects the step or other observers
-                    self.record_incident("plugin", impl.plugin_name, f"audit observer failed: {err}",
-                                         instance_id=event.get("instance_id"))
+        from plugins.isolation import dispatch_audit_events  # observers: own threads, deadline, incidents
+
+        dispatch_audit_events(self, [entry_to_dict(row) for row in rows])
 
     def record_incident(self, kind: str, source: str | None, message: str, *, instance_id: int | None = None,
                         outbox_id: int | None = None, tb: str | None = None) -> None:
@@ -604,6 +678,18 @@ class Careflow:
         with self.Session() as session, session.begin():
             session.add(Incident(kind=kind, source=source, message=message, traceback=tb or traceback.format_exc(),
                                  instance_id=instance_id, outbox_id=outbox_id, created_at=self.now()))
+
+
+def _iter_tasks(wf: BpmnWorkflow):
+    """Every task of the workflow and its subprocesses (a flat scan: cheaper than tree iteration)."""
+    yield from wf.tasks.values()
+    for sub in wf.subprocesses.values():
+        yield from sub.tasks.values()
+
+
+def _waiting_events(wf: BpmnWorkflow) -> list:
+    """Tasks waiting for an event (SpiffWorkflow's event manager keeps exactly these)."""
+    return [t for t in wf.event_manager.tasks.values() if t.state == TaskState.WAITING]
 
 
 def _iso(value: datetime | None) -> str | None:
