@@ -32,7 +32,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from engine import step as step_mod
@@ -50,6 +50,7 @@ from engine.specs import LoadedVersion, SpecCache
 from engine.step import Step
 
 log = logging.getLogger("careflow.engine")
+_ANY = object()  # "no expectation" marker for optional checks
 _jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
 
 
@@ -223,9 +224,12 @@ class Careflow:
             "completed_at": _iso(row.completed_at), "completed_by": row.completed_by,
         }
 
-    def complete(self, task_id: str, data: dict | None, *, user: str) -> StepResult:
+    def complete(self, task_id: str, data: dict | None, *, user: str,
+                 expected_assignee: str | None | object = _ANY) -> StepResult:
         """Complete a ready human task with form ``data`` as ``user``; run to the next wait state.
 
+        ``expected_assignee``: the assignee the caller checked permissions against; if the
+        task was reassigned meanwhile, the completion is refused as a conflict.
         Raises ``ValidationFailed`` (field errors, nothing saved), ``Conflict`` (the task is
         no longer ready, or the instance changed concurrently) or ``NotFound``.
         """
@@ -238,6 +242,9 @@ class Careflow:
                 who = f" by {row.completed_by}" if row.completed_by else ""
                 when = f" at {row.completed_at:%Y-%m-%d %H:%M} UTC" if row.completed_at else ""
                 raise Conflict(f"task {task_id} ('{row.title or row.name}') is already {row.status}{who}{when}; "
+                               "reload your task list")
+            if expected_assignee is not _ANY and row.assignee != expected_assignee:
+                raise Conflict(f"task {task_id} was reassigned to {row.assignee or 'its group'} meanwhile; "
                                "reload your task list")
             inst = self._lock_instance(session, row.instance_id)
             loaded = self.specs.get(session, inst.process_version_id)
@@ -319,16 +326,20 @@ class Careflow:
         workers share the due set and never wait for each other; on SQLite the step's
         ``BEGIN IMMEDIATE`` already makes this transaction the only writer.
         """
-        q = (select(Instance.id).join(Timer, Timer.instance_id == Instance.id)
-             .where(Timer.status == "waiting", Timer.due_at < now, Instance.status == "running"))
         skip = list(skip)
-        if skip:
-            q = q.where(Instance.id.notin_(skip))
-        q = q.order_by(Timer.due_at).limit(1)
         if self.db.dialect.name == "postgresql":
-            q = q.with_for_update(of=Instance, skip_locked=True)
-        instance_id = session.scalar(q)
-        return None if instance_id is None else self._lock_instance(session, instance_id)
+            q = (select(Instance).join(Timer, Timer.instance_id == Instance.id)
+                 .where(Timer.status == "waiting", Timer.due_at < now, Instance.status == "running")
+                 .with_for_update(of=Instance, skip_locked=True))
+            if skip:
+                q = q.where(Timer.instance_id.notin_(skip))
+            return session.scalar(q.order_by(Timer.due_at).limit(1))
+        # EXISTS keeps SQLite's planner (which has no statistics) on the due-time index
+        q = select(Timer.instance_id).where(Timer.status == "waiting", Timer.due_at < now, running_instance())
+        if skip:
+            q = q.where(Timer.instance_id.notin_(skip))
+        instance_id = session.scalar(q.order_by(Timer.due_at).limit(1))
+        return None if instance_id is None else session.get(Instance, instance_id)
 
     def fire_next_due_timer(self, now: datetime | None = None, skip: Iterable[int] = ()) -> TimerFiring | None:
         """Claim the instance with the earliest due timer and fire its due timers in one step.
@@ -678,6 +689,11 @@ class Careflow:
         with self.Session() as session, session.begin():
             session.add(Incident(kind=kind, source=source, message=message, traceback=tb or traceback.format_exc(),
                                  instance_id=instance_id, outbox_id=outbox_id, created_at=self.now()))
+
+
+def running_instance():
+    """Condition on ``Timer`` rows: their instance is running (a correlated EXISTS, index-friendly)."""
+    return exists().where(Instance.id == Timer.instance_id, Instance.status == "running")
 
 
 def _iter_tasks(wf: BpmnWorkflow):

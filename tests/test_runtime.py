@@ -268,3 +268,14 @@ def test_dates_and_decimals_survive_storage(cf, tmp_path):
 def test_start_unknown_process_or_version(cf):
     with pytest.raises(NotFound, match="careflow deploy"):
         cf.start("nope")
+
+
+def test_completion_refused_when_reassigned_meanwhile(simple):
+    cf = simple
+    r = cf.start("simple_review", {})
+    task = only_task(cf, r.instance_id)
+    with cf.Session() as s, s.begin():
+        s.get(HumanTask, task["id"]).assignee = "bob"
+    with pytest.raises(Conflict, match="reassigned to bob"):
+        cf.complete(task["id"], {"customer": "A", "amount": 1}, user="alice", expected_assignee=None)
+    assert cf.complete(task["id"], {"customer": "A", "amount": 1}, user="bob", expected_assignee="bob")

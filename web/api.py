@@ -182,7 +182,7 @@ def complete(task_id: str):
     errors = validate(schema, data)
     if errors:
         return error_response(400, "the data does not match the form", field_errors=errors, error="invalid")
-    result = engine().complete(task_id, data, user=p.username)
+    result = engine().complete(task_id, data, user=p.username, expected_assignee=row["assignee"])
     return jsonify({"instance_id": result.instance_id, "status": result.status,
                     "ready_tasks": jsonable(result.ready_tasks)})
 

@@ -126,7 +126,7 @@ def complete(task_id: str):
     if errors:
         return _render_task(row, values=request.form, errors=errors, raw=True, status=400)
     try:
-        result = cf.complete(task_id, data, user=p.username)
+        result = cf.complete(task_id, data, user=p.username, expected_assignee=row["assignee"])
     except ValidationFailed as err:
         return _render_task(row, values=request.form, errors=to_form_paths(err.field_errors, positions), raw=True,
                             status=400)
