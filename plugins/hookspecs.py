@@ -2,7 +2,12 @@
 
 Call semantics are declared on each spec (``firstresult=True``: the first non-None
 result wins; otherwise every implementation is called and the results collected) and
-repeated in its docstring.
+repeated in its docstring. Implementations are called in pluggy's order: ``tryfirst``
+ones, then the others (the last registered first), then ``trylast`` ones — the shipped
+defaults are all ``trylast``, so any installed plugin is asked before them.
+
+An implementation may accept any subset of a hook's arguments. ``docs/plugins.md``
+documents every hook (a test keeps it in step with the signatures below).
 """
 
 from __future__ import annotations
@@ -84,6 +89,38 @@ def careflow_escalation_ladder(clock: dict) -> list[dict]:
 def careflow_notification_channels() -> list:
     """Notification channels this plugin provides.
 
-    Collected: each plugin returns a list of channel objects with a ``name``
-    attribute and a ``send(message: dict) -> None`` method that raises on failure.
+    Collected: each plugin returns a list of channel objects. A channel has a ``name``
+    (``str``) and a ``send(message: dict) -> None`` method that raises on failure
+    (``plugins.channels.PermanentDeliveryError`` for failures a retry cannot fix); it
+    may have ``accepts(message: dict) -> bool`` (default: accepts everything) and a
+    ``timeout`` in seconds. When two channels share a name the first one called wins,
+    so a plugin can replace a shipped channel. Called by the delivery worker, never
+    inside a step; ``message`` carries ``idempotency_key``, ``topic``, ``recipient``,
+    ``to`` (resolved addresses), ``payload``, ``subject`` and ``body`` (``{"zh", "en"}``).
+    """
+
+
+@hookspec(firstresult=True)
+def careflow_resolve_recipient(careflow: Any, recipient: str | None, message: dict) -> list[dict] | None:
+    """The addresses behind an outbox message's recipient.
+
+    First result wins. ``recipient`` is what ``notify(..., to=...)`` named: ``customer``,
+    ``owner``, ``supervisor``, ``manager``, a group, a username or an e-mail address;
+    ``message`` is the outbox message (``topic``, ``payload``, ``instance_id``...);
+    ``careflow`` is the engine (for database look-ups). Return a list of
+    ``{"name", "email", "phone", "username", "locale"}`` dicts (keys optional; an
+    empty list means "nobody"), or None to let the next plugin decide. Called by the
+    delivery worker before a message is sent.
+    """
+
+
+@hookspec
+def careflow_message_templates() -> dict[str, dict]:
+    """Bilingual message templates, by template (outbox topic) name.
+
+    Collected: each plugin returns ``{name: {"zh": {"subject": ..., "body": ...},
+    "en": {...}}}``; fields are Jinja expressions over the message payload
+    (``{{ number }}``), rendered in a sandbox. When two plugins define a name the first
+    one called wins, so an installed plugin replaces a shipped template. A topic no
+    template knows is rendered generically (never an error).
     """
