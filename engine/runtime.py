@@ -599,10 +599,10 @@ class Careflow:
             step_mod.deactivate(token)
         assignee = assignment.get("assignee")
         if meta.assignee_expr:
-            assignee = self._evaluate_quietly(task, meta.assignee_expr) or assignee
+            assignee = self._evaluate_quietly(step, task, meta.assignee_expr) or assignee
         due_at = step.now + meta.due_in if meta.due_in else None
         if meta.due_at_expr:
-            value = self._evaluate_quietly(task, meta.due_at_expr)
+            value = self._evaluate_quietly(step, task, meta.due_at_expr)
             if value:
                 try:
                     due_at = TimerEventDefinition.get_datetime(str(value)) if not isinstance(value, datetime) \
@@ -627,12 +627,17 @@ class Careflow:
             status="ready", created_at=step.now, due_at=due_at, **task_facets(task.data),
         )
 
-    def _evaluate_quietly(self, task, expr: str) -> Any:
+    def _evaluate_quietly(self, step: Step, task, expr: str) -> Any:
+        token = step_mod.activate(step)  # host functions in the expression see the step
         try:
             return self.script_engine.evaluate(task, expr)
         except Exception as err:  # a bad assignee/due expression must not break the step
             log.warning("could not evaluate %r on task %s: %s", expr, task.task_spec.bpmn_id, err)
+            step.audit("expression_failed", task_id=str(task.id), task_name=task.task_spec.bpmn_id,
+                       details={"expression": expr, "error": f"{type(err).__name__}: {err}"})
             return None
+        finally:
+            step_mod.deactivate(token)
 
     def _sync_timers(self, step: Step, inst: Instance, wf: BpmnWorkflow) -> datetime | None:
         session = step.session

@@ -1,0 +1,95 @@
+"""Engine benchmark: bare SpiffWorkflow vs Careflow's durable steps, and step cost vs history.
+
+    .venv/bin/python bench/engine.py [--instances N]
+
+Prints ``name: value`` lines:
+- raw_instances_per_s: the after-sales process run to completion in memory by bare
+  SpiffWorkflow (default script engine, host functions as in-memory stand-ins);
+- durable_instances_per_s: the same path through Careflow: a transaction per step with
+  audit, ticket rows and outbox, SQLite in WAL mode with synchronous=FULL;
+- durable_over_raw: their ratio (target >= 0.5);
+- step_cost_200_over_5: median cost of completing a task in an instance with 200 steps
+  of history over one with 5 (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# this file is named like the engine package: look in the project root first, bench/ last
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
+
+from engine.config import Settings  # noqa: E402
+from engine.runtime import Careflow  # noqa: E402
+from scenario import AFTER_SALES, raw_run  # noqa: E402
+
+
+def durable_run(cf: Careflow, scenario) -> None:
+    """One instance through the engine, completing each ready task with the scenario's data."""
+    r = cf.start(scenario.process_id, scenario.initial_data, actor="bench")
+    ready = r.ready_tasks
+    while ready:
+        task = ready[0]
+        r = cf.complete(task["id"], scenario.data_for(task["name"]), user="bench")
+        ready = r.ready_tasks
+    if r.status != "completed":
+        raise SystemExit(f"instance {r.instance_id} ended {r.status}, not completed")
+
+
+def measure(fn, n: int) -> float:
+    """Runs per second of ``fn`` over ``n`` runs (after two warm-up runs)."""
+    fn()
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - t0)
+
+
+def step_costs(cf: Careflow) -> dict[int, float]:
+    """Median complete() time at 5 and 200 steps of history (looped task, one step each)."""
+    cf.deploy([ROOT / "bench" / "history.bpmn"])
+    r = cf.start("bench_history", {"done": False})
+    times = []
+    for i in range(215):
+        [t] = cf.tasks(instance_id=r.instance_id)
+        t0 = time.perf_counter()
+        cf.complete(t["id"], {"done": False, "entry": f"entry {i}"}, user="bench")
+        times.append(time.perf_counter() - t0)
+    return {5: statistics.median(times[2:12]), 200: statistics.median(times[195:215])}
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, default=200)
+    args = parser.parse_args()
+    scenario = AFTER_SALES
+
+    raw = measure(lambda: raw_run(scenario), args.instances)
+
+    home = Path(tempfile.mkdtemp(prefix="careflow-bench-"))
+    cf = Careflow(Settings(database_url=f"sqlite:///{home / 'bench.db'}", home=home))
+    cf.init_db()
+    cf.deploy([ROOT / "workflows"] if scenario.deploy_folder else [scenario.bpmn])
+    durable = measure(lambda: durable_run(cf, scenario), args.instances)
+    costs = step_costs(cf)
+    cf.close()
+
+    print(f"scenario: {scenario.process_id} ({scenario.user_tasks} user tasks per instance)")
+    print(f"raw_instances_per_s: {raw:.1f}")
+    print(f"durable_instances_per_s: {durable:.1f}")
+    print(f"durable_over_raw: {durable / raw:.2f}")
+    print(f"step_ms_at_5: {costs[5] * 1000:.2f}")
+    print(f"step_ms_at_200: {costs[200] * 1000:.2f}")
+    print(f"step_cost_200_over_5: {costs[200] / costs[5]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
