@@ -4,6 +4,12 @@ Each row's hash covers its canonical content and the previous row's hash, so an 
 deleted or reordered row breaks the chain from that point on. The chain head lives in a
 one-row table that is locked while a transaction appends (rows get gap-free sequence
 numbers in commit order).
+
+Personal data (phones, e-mails, ID numbers) never enters the hashed content: before
+hashing, ``engine.pii`` swaps each such value in ``data_diff`` / ``details`` for a keyed
+reference and keeps the value in ``audit_pii``, so erasing it later leaves the chain intact.
+``entry_to_dict`` puts the values back, masked unless asked otherwise. Verification is in
+``engine.audit_verify``; search, export and unmasking in ``engine.audit_query``.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from engine.models import AuditEntry, AuditHead
+from engine.pii import PiiValue, contains_tokens, extract_pii, load_values, mask_data, rejoin
 from engine.serialization import to_jsonable
 
 GENESIS_HASH = "0" * 64
@@ -25,6 +32,9 @@ GENESIS_HASH = "0" * 64
 # Fields covered by the hash, in order.
 HASHED_FIELDS = ("seq", "at", "instance_id", "process_id", "process_version_id", "actor", "cause", "action",
                  "task_id", "task_name", "task_title", "lane", "form_version", "data_diff", "details")
+
+# One encoder for every row: json.dumps with these options would build a new one per call.
+canonical_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 @dataclass
@@ -74,7 +84,7 @@ def canonical_content(row: dict) -> bytes:
     at = content["at"]
     if isinstance(at, datetime):
         content["at"] = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    return canonical_json(content).encode()
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:
@@ -91,27 +101,62 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[AuditEntry
         stmt = stmt.with_for_update()
     head = session.scalar(stmt)
     seq, prev = head.seq, head.hash
-    rows = []
+    rows, pii_rows = [], []
     for ev in events:
         seq += 1
         values = {**ev.__dict__, "seq": seq, "at": ev.at}
-        values["data_diff"] = to_jsonable(ev.data_diff) if ev.data_diff is not None else None
-        values["details"] = to_jsonable(ev.details) if ev.details is not None else None
+        taken: list[PiiValue] = []
+        for name in ("data_diff", "details"):
+            raw = values[name]
+            values[name] = None if raw is None else extract_pii(to_jsonable(raw), name, taken)
         h = chain_hash(prev, values)
         row = AuditEntry(**values, prev_hash=prev, hash=h)
+        if taken:
+            row._pii_clear = {p.ref: p.value for p in taken}  # lets entry_to_dict re-join after commit
+            pii_rows.extend(p.to_row(seq) for p in taken)
         rows.append(row)
         prev = h
     session.add_all(rows)
+    if pii_rows:
+        session.add_all(pii_rows)
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
     return rows
 
 
-def entry_to_dict(row: AuditEntry) -> dict:
-    """JSON-ready view of an audit row."""
+def entry_to_dict(row: AuditEntry, *, masked: bool = True, values: dict[str, Any] | None = None) -> dict:
+    """JSON-ready view of an audit row, personal data put back and masked (``138****0000``).
+
+    ``masked=False`` shows it in clear: only for a caller that audits the unmasking
+    (``engine.audit_query.unmask``). ``values``: ``{ref: clear value}`` when already loaded
+    (see ``entries_to_dicts``); otherwise they come from the row's own session.
+    """
+    data_diff, details = row.data_diff, row.details
+    if values is None:
+        values = getattr(row, "_pii_clear", None)
+    if values is None and (contains_tokens(data_diff) or contains_tokens(details)):
+        session = object_session(row)
+        values = load_values(session, [row.seq]).get(row.seq, {}) if session is not None else {}
+    if values:
+        data_diff, details = rejoin(data_diff, values), rejoin(details, values)
+    if masked:
+        data_diff, details = mask_data(data_diff), mask_data(details)
     return {
         "seq": row.seq, "at": row.at.isoformat() if row.at else None, "instance_id": row.instance_id,
         "process_id": row.process_id, "process_version_id": row.process_version_id, "actor": row.actor,
         "cause": row.cause, "action": row.action, "task_id": row.task_id, "task_name": row.task_name,
         "task_title": row.task_title, "lane": row.lane, "form_version": row.form_version,
-        "data_diff": row.data_diff, "details": row.details, "hash": row.hash, "prev_hash": row.prev_hash,
+        "data_diff": data_diff, "details": details, "hash": row.hash, "prev_hash": row.prev_hash,
     }
+
+
+def entries_to_dicts(session: Session, rows: list[AuditEntry], *, masked: bool = True) -> list[dict]:
+    """``entry_to_dict`` for many rows, loading their personal data in one query per 500 rows."""
+    with_pii = [r.seq for r in rows if contains_tokens(r.data_diff) or contains_tokens(r.details)]
+    loaded = load_values(session, with_pii) if with_pii else {}
+    return [entry_to_dict(r, masked=masked, values=loaded.get(r.seq, {})) for r in rows]
+
+
+def current_head(session: Session) -> tuple[int, str]:
+    """The chain head: (sequence number, hash) of the last appended row (``(0, GENESIS_HASH)`` if none)."""
+    row = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one_or_none()
+    return (row.seq, row.hash) if row is not None else (0, GENESIS_HASH)

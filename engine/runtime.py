@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import threading
 import traceback
@@ -52,6 +53,12 @@ from engine.step import Step
 log = logging.getLogger("careflow.engine")
 _ANY = object()  # "no expectation" marker for optional checks
 _jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
+
+
+@functools.lru_cache(maxsize=1024)
+def _instructions_template(source: str) -> jinja2.Template:
+    """Compiled (sandboxed) Jinja template of a task's instructions; compiling is the costly part."""
+    return _jinja.from_string(source)
 
 
 @dataclass
@@ -612,7 +619,7 @@ class Careflow:
         instructions = None
         if meta.instructions:
             try:
-                instructions = _jinja.from_string(meta.instructions).render(**_merged_data_of(task))
+                instructions = _instructions_template(meta.instructions).render(**_merged_data_of(task))
             except jinja2.TemplateError as err:
                 instructions = f"{meta.instructions}\n\n(template error: {err})"
         step.audit("task_ready", actor="system", cause="system" if step.cause != "timer" else "timer",

@@ -40,7 +40,7 @@ def pg_migrated() -> str | None:
     """The PostgreSQL test database, migrated once per session (None when not configured)."""
     if not PG_URL:
         return None
-    url = normalize_database_url(PG_URL)
+    url = _worker_database(normalize_database_url(PG_URL))
     eng = make_engine(url)
     with eng.begin() as c:
         c.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
@@ -50,14 +50,38 @@ def pg_migrated() -> str | None:
     return url
 
 
+def _worker_database(url: str) -> str:
+    """Each pytest-xdist worker gets its own database next to the configured one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = make_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        if not c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def _reset_pg(url: str) -> None:
     eng = make_engine(url)
     with eng.begin() as c:
         names = ", ".join(c.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
         )).scalars())
+        # the audit tables refuse TRUNCATE by trigger (migration 0007): lift that for the reset only
+        guarded = list(c.execute(text("SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
+                                      "WHERE NOT tgisinternal")).scalars())
+        for table in guarded:
+            c.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
         c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         c.execute(text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
+        for table in guarded:
+            c.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
     eng.dispose()
 
 
