@@ -689,7 +689,7 @@ class Careflow:
     def _after_commit(self, result: StepResult | None) -> None:
         """Tell audit observers about the rows a committed step wrote."""
         rows = result.audit_rows if result else []
-        if not rows:
+        if not rows or not self.pm.hook.careflow_audit_event.get_hookimpls():
             return
         from plugins.isolation import dispatch_audit_events  # observers: own threads, deadline, incidents
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from lxml import etree
 from SpiffWorkflow.bpmn.specs import BpmnProcessSpec
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 from sqlalchemy.orm import Session
 
@@ -101,5 +102,21 @@ def load_version(pv: ProcessVersion) -> LoadedVersion:
         parser.add_bpmn_xml(etree.fromstring(text.encode("utf-8"), _parser()), filename=name)
     spec = parser.get_spec(pv.process_id)
     subs = parser.get_subprocess_specs(pv.process_id)
+    connect_loop_children(spec, subs)
     return LoadedVersion(id=pv.id, process_id=pv.process_id, version=pv.version, spec=spec, subprocess_specs=subs,
                          forms=pv.forms, form_checksums=pv.form_checksums, bpmn_files=pv.bpmn_files, _meta={})
+
+
+def connect_loop_children(spec: BpmnProcessSpec | None, subprocess_specs: dict) -> None:
+    """Connect each loop / multi-instance spec to its child spec's completion.
+
+    SpiffWorkflow's spec deserializer does this; freshly parsed specs only get it when a
+    loop creates a child in this process, so a running loop restored onto them (after a
+    restart, or a migration) would never finish its iteration. Idempotent.
+    """
+    for wf_spec in [spec, *subprocess_specs.values()]:
+        for task_spec in (wf_spec.task_specs.values() if wf_spec is not None else ()):
+            if isinstance(task_spec, LoopTask):
+                child = wf_spec.task_specs.get(task_spec.task_spec)
+                if child is not None and not child.completed_event.is_connected(task_spec.merge_child):
+                    child.completed_event.connect(task_spec.merge_child)

@@ -279,3 +279,22 @@ def test_completion_refused_when_reassigned_meanwhile(simple):
     with pytest.raises(Conflict, match="reassigned to bob"):
         cf.complete(task["id"], {"customer": "A", "amount": 1}, user="alice", expected_assignee=None)
     assert cf.complete(task["id"], {"customer": "A", "amount": 1}, user="bob", expected_assignee="bob")
+
+
+def test_loop_finishes_after_a_restart(settings):
+    """A looped task restored onto freshly parsed specs (new process) still completes its iterations."""
+    from pathlib import Path
+
+    from engine.runtime import Careflow
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    first = Careflow(settings)
+    first.deploy([bench / "history.bpmn"])
+    r = first.start("bench_history", {"done": False})
+    for i in range(2):
+        first.complete(only_task(first, r.instance_id)["id"], {"done": False, "entry": f"e{i}"}, user="u")
+    first.close()
+    second = Careflow(settings)  # nothing cached: specs parsed again, state restored from the database
+    second.complete(only_task(second, r.instance_id)["id"], {"done": True, "entry": "last"}, user="u")
+    assert second.show(r.instance_id)["status"] == "completed"
+    second.close()
