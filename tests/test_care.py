@@ -7,7 +7,6 @@ import threading
 from datetime import date
 
 import pytest
-from crm_helpers import add, enterprise, sh, utc
 from sqlalchemy import func, select
 
 from careflow.cli import cli
@@ -16,6 +15,8 @@ from engine.clock import FrozenClock
 from engine.customers import CustomerContact, merge_customers
 from engine.models import OutboxMessage
 from engine.runtime import Careflow
+
+from crm_helpers import add, enterprise, sh, utc
 
 
 @pytest.fixture

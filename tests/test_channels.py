@@ -19,11 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
-from plugin_helpers import FAST, T0, engine_factory, incidents, outbox, ticket
 
 from engine.clock import FrozenClock
 from engine.outbox import deliver_due
 from plugins.channels.smtp import message_id
+
+from plugin_helpers import FAST, T0, engine_factory, incidents, outbox, ticket
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # servers, not the database, matter here
 

@@ -6,7 +6,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from crm_helpers import add, add_user, deploy, enterprise, sh, utc
 
 from careflow.cli import cli
 from engine import sla
@@ -15,6 +14,8 @@ from engine.complaints import get_complaint, register_complaint_in, update_compl
 from engine.customers import list_contacts
 from engine.errors import NotFound, ScriptError, ValidationFailed
 from engine.runtime import Careflow
+
+from crm_helpers import add, add_user, deploy, enterprise, sh, utc
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from crm_helpers import add, add_user, audit_rows, credit_code, enterprise, mobile, sh
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +31,8 @@ from engine.customers import (
 from engine.errors import Conflict, NotFound, ValidationFailed
 from engine.runtime import Careflow
 from plugins.manager import get_plugin_manager
+
+from crm_helpers import add, add_user, audit_rows, credit_code, enterprise, mobile, sh
 
 
 @pytest.fixture

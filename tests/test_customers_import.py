@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
-from crm_helpers import credit_code, mobile
 from sqlalchemy import func, select
 
 from careflow.cli import cli
 from engine.customers import Customer
 from engine.runtime import Careflow
+
+from crm_helpers import credit_code, mobile
 
 CN_HEADER = ["客户类型", "客户名称", "统一社会信用代码", "身份证号", "联系人", "联系电话", "电子邮箱", "年消费额（元）",
              "需求类型", "客户来源", "首次接触日期"]

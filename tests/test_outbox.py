@@ -13,16 +13,6 @@ import time
 from datetime import UTC, timedelta
 
 import pytest
-from plugin_helpers import (
-    FAST,
-    T0,
-    ChannelPlugin,
-    RecordingChannel,
-    engine_factory,
-    incidents,
-    outbox,
-    ticket,
-)
 from sqlalchemy import func, select
 
 from careflow.cli import cli
@@ -38,6 +28,17 @@ from engine.outbox import (
     retry_incident,
 )
 from plugins.hookspecs import hookimpl
+
+from plugin_helpers import (
+    FAST,
+    T0,
+    ChannelPlugin,
+    RecordingChannel,
+    engine_factory,
+    incidents,
+    outbox,
+    ticket,
+)
 
 
 @pytest.fixture

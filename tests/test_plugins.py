@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from plugin_helpers import T0, engine_factory, incidents, ticket
 
 from careflow.cli import cli
 from plugins import hookspecs
 from plugins.config import ConfigError
 from plugins.hookspecs import hookimpl
 from plugins.manager import get_plugin_manager, plugin_info
+
+from plugin_helpers import T0, engine_factory, incidents, ticket
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "plugins.md"

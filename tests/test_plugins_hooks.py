@@ -4,6 +4,13 @@ overridable. ``test_plugins.py`` checks that every hook has a ``test_hook_<name>
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
+
+from engine.models import HumanTask
+from engine.outbox import deliver_due
+from plugins.defaults.escalation import DEFAULT_LADDER
+from plugins.hookspecs import hookimpl
+
 from plugin_helpers import (
     FAST,
     ChannelPlugin,
@@ -13,12 +20,6 @@ from plugin_helpers import (
     outbox,
     ticket,
 )
-from sqlalchemy import select
-
-from engine.models import HumanTask
-from engine.outbox import deliver_due
-from plugins.defaults.escalation import DEFAULT_LADDER
-from plugins.hookspecs import hookimpl
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import threading
 from datetime import date, timedelta
 
 import pytest
-from crm_helpers import FIXTURES, add, add_user, deploy, enterprise, sh, utc
 from sqlalchemy import func, select
 
 from careflow.cli import cli
@@ -17,6 +16,8 @@ from engine.errors import NotFound, ScriptError
 from engine.models import Instance, OutboxMessage
 from engine.revisits import CustomerRevisit, add_interval, due_moment, start_due_revisits
 from engine.runtime import Careflow
+
+from crm_helpers import FIXTURES, add, add_user, deploy, enterprise, sh, utc
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from crm_helpers import ROOT, add, add_user, deploy, enterprise, sh
 from sqlalchemy import func, select
 
 from careflow.cli import cli
@@ -31,6 +30,8 @@ from engine.surveys import (
     submit_survey_link,
     validate_answers,
 )
+
+from crm_helpers import ROOT, add, add_user, deploy, enterprise, sh
 
 GOOD = {"response_speed": 5, "resolution_efficiency": 4, "engineer_expertise": 5, "overall": 5,
         "overall_suggestion": "工程师很专业"}

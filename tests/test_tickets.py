@@ -7,6 +7,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+
+from engine.errors import ScriptError, ValidationFailed
+from engine.models import AuditEntry, Instance, Timer
+from engine.sla import SlaClockRow
+from engine.tickets import Ticket, TicketSerial
+
 from ticket_helpers import (
     CS,
     RISK_ON_TRACK,
@@ -29,11 +35,6 @@ from ticket_helpers import (
     utc,
     visit_plan,
 )
-
-from engine.errors import ScriptError, ValidationFailed
-from engine.models import AuditEntry, Instance, Timer
-from engine.sla import SlaClockRow
-from engine.tickets import Ticket, TicketSerial
 
 MIN = timedelta(minutes=1)
 

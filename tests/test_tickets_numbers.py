@@ -10,10 +10,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
-from ticket_helpers import CS, T0, Flow, intake, sh, ticket_engine
 
 from engine.models import Base
 from engine.tickets import Ticket, TicketSerial, format_number, local_day
+
+from ticket_helpers import CS, T0, Flow, intake, sh, ticket_engine
 
 TABLES = {"tickets", "ticket_events", "ticket_serials"}
 
