@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import logging
 import threading
 import traceback
@@ -290,8 +291,7 @@ class Careflow:
     @staticmethod
     def validate_form(schema: dict, data: Any) -> None:
         """Validate submitted data against a form's JSON Schema; raise ``ValidationFailed`` with field errors."""
-        validator = Draft202012Validator(schema, format_checker=FormatChecker())
-        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        errors = sorted(_form_validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             problems = []
             for e in errors:
@@ -433,13 +433,12 @@ class Careflow:
 
     # -- the step machinery ------------------------------------------------------------------
     def _lock_instance(self, session: Session, instance_id: int) -> Instance:
-        q = select(Instance).where(Instance.id == instance_id)
+        q = select(Instance).where(Instance.id == instance_id).execution_options(populate_existing=True)
         if self.db.dialect.name == "postgresql":
             q = q.with_for_update()
         inst = session.scalar(q)
         if inst is None:
             raise NotFound(f"no instance {instance_id}")
-        session.refresh(inst)
         return inst
 
     def _load(self, inst: Instance, loaded: LoadedVersion, cache: bool = True) -> BpmnWorkflow:
@@ -656,6 +655,8 @@ class Careflow:
             due = _timer_due(task, definition)
             if due is not None:
                 waiting[(str(task.id), due)] = task.task_spec.bpmn_name or task.task_spec.bpmn_id
+        if not waiting and inst.next_timer_due is None:
+            return None  # no timer before this step, none after it
         rows = session.scalars(select(Timer).where(Timer.instance_id == inst.id, Timer.status == "waiting")).all()
         kept = set()
         for row in rows:
@@ -706,6 +707,18 @@ class Careflow:
 def running_instance():
     """Condition on ``Timer`` rows: their instance is running (a correlated EXISTS, index-friendly)."""
     return exists().where(Instance.id == Timer.instance_id, Instance.status == "running")
+
+
+_validators: dict[str, Draft202012Validator] = {}
+
+
+def _form_validator(schema: dict) -> Draft202012Validator:
+    """A validator per distinct schema (building one is not free; schemas are immutable per version)."""
+    key = json.dumps(schema, sort_keys=True)
+    validator = _validators.get(key)
+    if validator is None:
+        validator = _validators[key] = Draft202012Validator(schema, format_checker=FormatChecker())
+    return validator
 
 
 def _iter_tasks(wf: BpmnWorkflow):

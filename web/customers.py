@@ -10,9 +10,10 @@ masked unless the role may see personal data.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
-from flask import Blueprint, abort, render_template
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
 
@@ -163,5 +164,38 @@ def customer(customer_id: str):
     pii = authz.may_see_pii(p)
     if not pii:
         contacts = [{k: mask_value(k, v) for k, v in c.items()} for c in contacts]
+    new_link = session.pop("survey_link", None)
+    if not isinstance(new_link, dict) or new_link.get("customer_id") != customer_id:
+        new_link = None
     return render_template("customers/customer.html", customer_id=customer_id, record=record,
-                           fields=record_fields(record, pii), contacts=contacts, pii=pii)
+                           fields=record_fields(record, pii), contacts=contacts, pii=pii,
+                           can_create_survey_link=p.role in authz.WORKER_ROLES, survey_link=new_link)
+
+
+_TICKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+@bp.route("/customers/<customer_id>/survey-link", methods=["POST"])
+def survey_link(customer_id: str):
+    """Create a satisfaction-survey link (agents and supervisors who serve the customer) and show it once."""
+    p = current()
+    if len(customer_id) > 64 or not can_see_customer(p, customer_id):
+        abort(404)
+    if p.role not in authz.WORKER_ROLES:
+        abort(403)
+    from engine.errors import NotFound
+    from engine.surveys import create_survey_link
+
+    ticket = (request.form.get("ticket_number") or "").strip()
+    if ticket and not _TICKET_RE.match(ticket):
+        flash(_("A ticket number has letters, digits and dashes only (e.g. SN20240315001)."), "error")
+        return redirect(url_for("customers.customer", customer_id=customer_id))
+    try:
+        link = create_survey_link(engine(), customer_id, ticket_number=ticket or None, actor=p.username)
+    except NotFound:
+        abort(404)
+    session["survey_link"] = {"customer_id": customer_id, "url": link["url"], "expires_at": link["expires_at"],
+                              "ticket_number": link["ticket_number"]}
+    flash(_("Survey link created: send it to the customer, or open it to take the answers on the phone."),
+          "success")
+    return redirect(url_for("customers.customer", customer_id=customer_id))

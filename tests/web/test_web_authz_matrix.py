@@ -7,9 +7,10 @@ app without a row here fails ``test_every_route_is_in_the_matrix``.
 from __future__ import annotations
 
 import pytest
-from webtools import USERS, AuthActions, start_simple
 
 from engine import inbox
+
+from webtools import USERS, AuthActions, start_simple
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -59,6 +60,7 @@ GETS = {
     "/customers/303": {u: 404 if u in ("ann", "cara", "sam") else None for u in EVERYONE},
     "/customers/101": {u: 404 if u in ("tom", "tess") else None for u in EVERYONE},
     "/admin/users": {u: 200 if u in ("root", "aud") else 403 for u in EVERYONE},
+    "/survey/not-a-link": {u: 404 for u in EVERYONE},  # public: a signed link (test_web_survey.py), no roles
     "/login": {u: 302 for u in EVERYONE},  # signed in: straight to the inbox
     "/": {u: 302 for u in EVERYONE},
 }
@@ -92,7 +94,7 @@ def test_get_routes(client, world, user):
 def test_anonymous_is_sent_to_sign_in(client, world):
     """Without signing in every page redirects to the sign-in form; POSTs answer 401."""
     for template in GETS:
-        if template in ("/login",):
+        if template in ("/login", "/survey/not-a-link"):
             continue
         r = client.get(_expand(template, world))
         assert r.status_code == 302 and "/login" in r.headers["Location"], template
@@ -120,6 +122,9 @@ POSTS = [
     ("/admin/users", {"username": "new.one", "role": "agent", "password": "long enough 1"},
      {u: 302 if u == "root" else 403 for u in EVERYONE}),
     ("/admin/users/ann/active", {"active": "0"}, {u: 302 if u == "root" else 403 for u in EVERYONE}),
+    # customer 101 has no registry record: allowed users get 404 from the registry, not a link
+    ("/customers/101/survey-link", {}, {u: 404 if u in ("ann", "cara", "sam", "tom", "tess") else 403
+                                        for u in EVERYONE}),
     ("/language", {"lang": "en"}, {u: 302 for u in EVERYONE}),
     ("/logout", {}, {u: 302 for u in EVERYONE}),
 ]
@@ -174,6 +179,7 @@ def test_every_route_is_in_the_matrix(app):
         "/instances/<int:instance_id>": "/instances/{iA}",
         "/instances/<int:instance_id>/diagram.json": "/instances/{iA}/diagram.json",
         "/customers/<customer_id>": "/customers/101", "/admin/users/<username>/active": "/admin/users/ann/active",
+        "/customers/<customer_id>/survey-link": "/customers/101/survey-link", "/survey/<token>": "/survey/not-a-link",
     }
     missing = []
     for rule in app.url_map.iter_rules():

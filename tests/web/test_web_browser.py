@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from webtools import FIXTURES, PASSWORD, ROOT, add_users, make_app
 from werkzeug.serving import make_server
+
+from webtools import FIXTURES, PASSWORD, ROOT, add_users, make_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -151,4 +152,48 @@ def test_english_and_stale_task(cf, live_server, browser):
     assert "already completed by ann" in page.content()
     page.goto(live_server + "/no/such/page")
     assert "Not found" in page.content() and "Traceback" not in page.content()
+    context.close()
+
+
+def test_customer_answers_the_survey_on_a_phone(cf, live_server, browser):
+    """The customer's survey link on a phone-size screen: stars by their accessible names, a missing
+    score marked, then the thank-you page; no script errors or CSP violations."""
+    from engine.customers import add_customer, credit_code_check_char
+    from engine.surveys import create_survey_link
+
+    first = "91310115000000001"
+    with cf.Session() as s, s.begin():
+        cid = add_customer(s, {"customer_type": "enterprise", "name": "上海示例科技有限公司",
+                               "credit_code": first + credit_code_check_char(first), "phone": "13900000001"},
+                           pm=cf.pm, actor="test").id
+    token = create_survey_link(cf, cid, ticket_number="SN20260302001", actor="test")["token"]
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True, locale="zh-CN")
+    page = context.new_page()
+    problems: list[str] = []  # script errors, CSP violations, failing styles (400/410 pages are expected)
+    page.on("console", lambda m: problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("response", lambda r: problems.append(f"{r.url}: {r.status}")
+            if r.status >= 400 and r.request.resource_type != "document" else None)
+    page.goto(f"{live_server}/survey/{token}")
+    assert "上海示例科技有限公司" in page.locator(".sv-about").inner_text()
+    for dim, score in (("response_speed", "4 – 满意"), ("resolution_efficiency", "5 – 非常满意"),
+                       ("engineer_expertise", "3 – 一般")):
+        page.locator(f"#f-{dim}").get_by_role("radio", name=score).check()
+    page.locator("#f-engineer_expertise summary").click()
+    page.fill("#f-engineer_expertise_suggestion", "希望工程师讲解更详细")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    _shot(page, "survey.png")
+    page.click("#survey-submit")
+    page.locator("#f-overall-error").wait_for()
+    assert page.locator("#f-resolution_efficiency").get_by_role("radio", name="5 – 非常满意").is_checked()
+    assert page.input_value("#f-engineer_expertise_suggestion") == "希望工程师讲解更详细"
+    page.locator("#f-overall").get_by_role("radio", name="5 – 非常满意").check()
+    page.click("#survey-submit")
+    page.locator("#survey-thanks").wait_for()
+    assert "感谢您的反馈" in page.locator("h1").inner_text()
+    page.goto(f"{live_server}/survey/{token}")
+    assert "此调查已提交" in page.locator("h1").inner_text()
+    assert not problems, problems
     context.close()
