@@ -322,6 +322,24 @@ def _registry_customer(session: Session, customer: dict):
     return None
 
 
+def request_ticket_revisit_in(session: Session, number: str, *, now: datetime, actor: str) -> int | None:
+    """Ask the revisit scheduler for a customer revisit after a closed ticket.
+
+    Only tickets linked to a registry customer can be revisited; returns the revisit
+    request id, or None for a ticket without a registry customer. Asking twice for the
+    same ticket returns the same request.
+    """
+    row = session.scalar(select(Ticket).where(Ticket.number == number))
+    if row is None:
+        raise NotFound(f"no ticket {number}")
+    if _registry(session) is None or not row.customer_id or not row.customer_id.isdigit():
+        return None
+    from engine.revisits import request_revisit
+
+    return request_revisit(session, row.customer_id, f"工单 {number} 结案回访 / revisit after ticket {number}",
+                           key=f"ticket:{number}", actor=actor, now=now)
+
+
 def _record_contact(session: Session, row: Ticket, summary: str, actor: str, now: datetime) -> None:
     reg = _registry(session)
     if reg is None or not row.customer_id or not row.customer_id.isdigit():

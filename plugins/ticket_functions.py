@@ -47,8 +47,16 @@ class TicketFunctions:
         return tickets.extend_deadline_in(step.session, number, clock, new_due, reason, now=step.now,
                                           actor=step.actor)
 
+    def request_ticket_revisit(self, number: str) -> int | None:
+        """After a closed ticket, ask for a customer revisit (registry customers only); returns its id."""
+        from engine import tickets
+        from engine.step import current_step
+
+        step = current_step()
+        return tickets.request_ticket_revisit_in(step.session, number, now=step.now, actor=step.actor)
+
     @hookimpl(trylast=True)
     def careflow_script_functions(self) -> dict[str, Callable[..., Any]]:
-        """``register_ticket``, ``update_ticket`` and ``extend_deadline`` for BPMN scripts."""
+        """``register_ticket``, ``update_ticket``, ``extend_deadline`` and ``request_ticket_revisit``."""
         return {"register_ticket": self.register_ticket, "update_ticket": self.update_ticket,
-                "extend_deadline": self.extend_deadline}
+                "extend_deadline": self.extend_deadline, "request_ticket_revisit": self.request_ticket_revisit}

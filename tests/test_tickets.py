@@ -550,6 +550,21 @@ def test_ticket_links_the_registry_customer_and_records_the_contacts(tcf):
     assert [(x.kind, x.by, x.details["ticket_number"]) for x in contacts] == [
         ("ticket", "zhang.wei", t.number), ("ticket", "liu.yang", t.number), ("ticket", "wang.fang", t.number)]
     assert contacts[-1].summary == f"Ticket {t.number} closed (overall satisfaction 5/5)"
+    # closing the ticket asked for a customer revisit, which the scheduler starts as its own instance
+    from engine.clock import use_clock
+    from engine.revisits import CustomerRevisit, start_due_revisits
+
+    from conftest import ROOT
+
+    with cf.Session() as s:
+        [req] = s.scalars(select(CustomerRevisit).where(CustomerRevisit.customer_id == cid,
+                                                        CustomerRevisit.kind == "requested")).all()
+    assert req.source_instance_id == f.instance_id and t.number in req.reason
+    with use_clock(clock):
+        cf.deploy([ROOT / "workflows" / "customer_revisit.bpmn"], author="test")
+        started = start_due_revisits(cf, clock.now())
+    assert len(started) >= 1
+    assert any(cf.show(i)["process_id"] == "customer_revisit" for i in started)
     # found by phone when the intake carries no registry id
     f2 = Flow(cf, clock).start()
     data = intake(f2.now())
