@@ -1,0 +1,620 @@
+"""SLA clocks of tickets and complaints: persistence and the API processes call.
+
+A clock (first response, solution; complaints: respond, plan, resolve) is one row of
+``sla_clocks``: its budget and policy (from the ``careflow_sla_policy`` hook), tier,
+calendar, start, pause ledger, renegotiations, owner and group, the escalation ladder
+it was opened with (from the ``careflow_escalation_ladder`` hook), and two indexed
+moments: ``due_at`` (NULL while paused) and ``next_rung_at`` (when the worker must next
+look at it). The arithmetic is ``engine.sla_clock.SlaClock`` on the business calendar
+of ``CAREFLOW_CALENDAR_FILE`` (China, Asia/Shanghai by default).
+
+Every function takes the caller's session and never commits: called from a host
+function with ``current_step().session`` its writes commit or roll back with the step.
+When called inside a step, the audit rows go through the step; otherwise they are
+appended in the given session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from engine.audit import AuditEvent, append_events
+from engine.calendar import BusinessCalendar, Calendar, CalendarError, ensure_aware, parse_aware
+from engine.clock import utcnow
+from engine.errors import CareflowError, Conflict, NotFound
+from engine.models import Base, BigId, UTCDateTime
+from engine.sla_clock import Budget, BudgetError, Pause, SlaClock
+
+RUNNING, PAUSED, MET, BREACHED = "running", "paused", "met", "breached"
+OPEN_STATES = (RUNNING, PAUSED)
+CALENDAR_ENV = "CAREFLOW_CALENDAR_FILE"
+
+
+class SlaError(CareflowError, ValueError):
+    """An SLA call that cannot be carried out as asked (bad budget, time out of order...)."""
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+class SlaClockRow(Base):
+    """One SLA clock of one subject (ticket or complaint)."""
+
+    __tablename__ = "sla_clocks"
+    __table_args__ = (
+        UniqueConstraint("subject_key", "name", name="uq_sla_clocks_subject_name"),
+        Index("ix_sla_clocks_due_at", "due_at"),
+        Index("ix_sla_clocks_next_rung_at", "next_rung_at"),
+        Index("ix_sla_clocks_status_due", "status", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject_type: Mapped[str] = mapped_column(String(30))  # ticket | complaint
+    subject_key: Mapped[str] = mapped_column(String(100))
+    instance_id: Mapped[int | None] = mapped_column(BigInteger, index=True)  # no FK: kept after instance deletion
+    name: Mapped[str] = mapped_column(String(50))  # first_response, solution, respond, plan, resolve...
+    status: Mapped[str] = mapped_column(String(20))  # running | paused | met | breached
+    priority: Mapped[str | None] = mapped_column(String(30))
+    ticket_type: Mapped[str | None] = mapped_column(String(50))
+    tier: Mapped[str | None] = mapped_column(String(50))
+    policy: Mapped[str] = mapped_column(String(200))
+    budget: Mapped[str] = mapped_column(String(40))  # Budget spec: PT2H, 3WD, 8BH
+    calendar_name: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    pauses: Mapped[list] = mapped_column(JSON)  # [Pause.to_dict()]
+    history: Mapped[list] = mapped_column(JSON)  # priority changes and renegotiated deadlines
+    ladder: Mapped[list] = mapped_column(JSON)  # escalation rungs, as the hook gave them at opening
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_rung_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    owner: Mapped[str | None] = mapped_column(String(150))
+    group_name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SlaEscalation(Base):
+    """One fired escalation rung occurrence; the UNIQUE constraint is the exactly-once guard."""
+
+    __tablename__ = "sla_escalations"
+    __table_args__ = (UniqueConstraint("clock_id", "rung", "occurrence", name="uq_sla_escalations_once"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    clock_id: Mapped[int] = mapped_column(ForeignKey("sla_clocks.id"), index=True)
+    rung: Mapped[str] = mapped_column(String(100))
+    occurrence: Mapped[int] = mapped_column(Integer)  # 0, then 1, 2... for repeating reminders
+    at_fraction: Mapped[float | None] = mapped_column(Float)
+    notify: Mapped[str] = mapped_column(String(150))  # owner | supervisor | manager | a username
+    recipient: Mapped[str | None] = mapped_column(String(300))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())  # when the rung was due
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outbox_key: Mapped[str] = mapped_column(String(200))
+
+
+# --------------------------------------------------------------------------- calendar
+
+_calendars: dict[str | None, Calendar] = {}
+_calendars_lock = threading.Lock()
+
+
+def get_calendar() -> Calendar:
+    """The business calendar: ``CAREFLOW_CALENDAR_FILE`` (TOML) over the China defaults (cached per path)."""
+    path = os.environ.get(CALENDAR_ENV) or None
+    cal = _calendars.get(path)
+    if cal is None:
+        cal = BusinessCalendar.from_config(path)
+        with _calendars_lock:
+            _calendars[path] = cal
+    return cal
+
+
+# ----------------------------------------------------------------------- clock maths
+
+
+@dataclass
+class RenegotiatedClock(SlaClock):
+    """An ``SlaClock`` whose deadline was renegotiated with the customer.
+
+    ``extra`` is the counted time the renegotiation added to the budget (so later pauses
+    still push the deadline), ``agreed_due`` the moment agreed, kept exactly as given
+    while no pause started after the agreement (``agreed_at``).
+    """
+
+    extra: timedelta = timedelta(0)
+    agreed_due: datetime | None = None
+    agreed_at: datetime | None = None
+
+    @property
+    def budget_duration(self) -> timedelta:
+        """Budget as counted time, plus the renegotiated extra."""
+        return self.budget.duration(self.calendar) + self.extra
+
+    def due_at_fraction(self, fraction: float, now: datetime | None = None) -> datetime | None:
+        """As ``SlaClock.due_at_fraction``; the full budget ends at the agreed moment when it still holds."""
+        due = super().due_at_fraction(fraction, now)
+        if due is not None and fraction == 1.0 and self.agreed_due is not None and self.agreed_at is not None:
+            later = [p for p in self.pauses if p.paused_at >= self.agreed_at and (now is None or p.paused_at <= now)]
+            if not later:
+                return self.agreed_due
+        return due
+
+
+def _effective_extension(history: list[dict]) -> dict | None:
+    """The renegotiation in force: the last one not superseded by a later budget change."""
+    current = None
+    for entry in history or []:
+        if entry.get("event") == "priority_changed":
+            current = None
+        elif entry.get("event") == "extended":
+            current = entry
+    return current
+
+
+def clock_of(row: SlaClockRow, calendar: Calendar | None = None) -> RenegotiatedClock:
+    """The arithmetic clock of a row (budget, calendar, ledger and renegotiation in force)."""
+    ext = _effective_extension(row.history)
+    return RenegotiatedClock(
+        started_at=row.started_at,
+        budget=Budget.parse(row.budget),
+        calendar=calendar or get_calendar(),
+        pauses=[Pause.from_dict(p) for p in row.pauses or []],
+        policy=row.policy,
+        tier=row.tier,
+        extra=timedelta(seconds=ext["extra_seconds"]) if ext else timedelta(0),
+        agreed_due=parse_aware(ext["to"]) if ext else None,
+        agreed_at=parse_aware(ext["at"]) if ext else None,
+    )
+
+
+def fired_occurrences(session: Session, clock_id: int) -> dict[str, int]:
+    """Highest fired occurrence per rung name of a clock."""
+    out: dict[str, int] = {}
+    for rung, occurrence in session.execute(select(SlaEscalation.rung, SlaEscalation.occurrence)
+                                            .where(SlaEscalation.clock_id == clock_id)):
+        out[rung] = max(out.get(rung, -1), occurrence)
+    return out
+
+
+def recompute(session: Session, row: SlaClockRow, now: datetime | None = None,
+              fired: dict[str, int] | None = None) -> None:
+    """Refresh ``due_at`` and ``next_rung_at`` of a row from its ledger, history and ladder."""
+    from engine.escalation import next_rung
+
+    if row.status not in OPEN_STATES:
+        row.next_rung_at = None
+        return
+    clock = clock_of(row)
+    row.due_at = clock.deadline()
+    if row.status == PAUSED:
+        row.next_rung_at = None
+        return
+    if fired is None:
+        fired = fired_occurrences(session, row.id) if row.id is not None else {}
+    upcoming = next_rung(clock, row.ladder or [], fired)
+    row.next_rung_at = upcoming[0] if upcoming else None
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def _audit(session: Session, action: str, at: datetime, instance_id: int | None, actor: str | None,
+           details: dict) -> None:
+    """An audit row: through the current step when it owns ``session``, else appended directly."""
+    from engine.step import current_step
+
+    try:
+        step = current_step()
+    except RuntimeError:
+        step = None
+    if step is not None and step.session is session:
+        kwargs: dict[str, Any] = {"details": details}
+        if actor:
+            kwargs["actor"] = actor
+        if instance_id is not None and step.instance_id is None:
+            kwargs["instance_id"] = instance_id
+        step.audit(action, **kwargs)
+        return
+    process_id = None
+    if instance_id is not None:
+        from engine.models import Instance
+
+        process_id = session.scalar(select(Instance.process_id).where(Instance.id == instance_id))
+    append_events(session, [AuditEvent(action=action, actor=actor or "system", cause="user" if actor else "system",
+                                       at=at, instance_id=instance_id, process_id=process_id, details=details)])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    try:
+        return ensure_aware(value, what)
+    except ValueError as err:
+        raise SlaError(str(err)) from err
+
+
+# -------------------------------------------------------------------------------- API
+
+
+def _policy(pm, kind: str, priority: str | None, ticket_type: str | None, tier: str | None) -> dict:
+    result = pm.hook.careflow_sla_policy(kind=kind, priority=priority, ticket_type=ticket_type, tier=tier)
+    if isinstance(result, list):  # tolerate a non-firstresult spec: first non-empty answer wins
+        result = next((r for r in result if r), None)
+    if not result:
+        return {"policy": "none", "clocks": {}}
+    clocks = result.get("clocks") or {}
+    if not isinstance(clocks, dict):
+        raise SlaError(f"SLA policy {result.get('policy')!r} must give clocks as {{name: budget}}, got {clocks!r}")
+    return {"policy": str(result.get("policy") or "default"), "clocks": clocks}
+
+
+def _ladder(pm, info: dict) -> list[dict]:
+    from engine.escalation import normalize_ladder
+
+    raw = pm.hook.careflow_escalation_ladder(clock=info)
+    return normalize_ladder(raw)
+
+
+def _parse_budget(name: str, spec: Any, policy: str) -> Budget:
+    try:
+        return Budget.parse(spec)
+    except BudgetError as err:
+        raise SlaError(f"SLA policy {policy!r}, clock {name!r}: {err}") from err
+
+
+def _rows(session: Session, subject_key: str, names: list[str] | None = None, lock: bool = True) -> list[SlaClockRow]:
+    q = select(SlaClockRow).where(SlaClockRow.subject_key == subject_key).order_by(SlaClockRow.id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    rows = list(session.scalars(q))
+    if not rows:
+        raise NotFound(f"no SLA clocks for '{subject_key}'")
+    if names is not None:
+        by_name = {r.name: r for r in rows}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise NotFound(f"'{subject_key}' has no SLA clock {', '.join(map(repr, missing))} "
+                           f"(it has {', '.join(sorted(by_name))})")
+        rows = [by_name[n] for n in names]
+    return rows
+
+
+def clock_info(row: SlaClockRow) -> dict:
+    """What the escalation-ladder hook and notifications see of a clock."""
+    return {"id": row.id, "subject_type": row.subject_type, "subject_key": row.subject_key, "name": row.name,
+            "instance_id": row.instance_id, "priority": row.priority, "ticket_type": row.ticket_type,
+            "tier": row.tier, "policy": row.policy, "budget": row.budget, "owner": row.owner,
+            "group": row.group_name, "started_at": _iso(row.started_at), "due_at": _iso(row.due_at),
+            "status": row.status}
+
+
+def open_clocks(session: Session, *, subject_type: str, subject_key: str, instance_id: int | None,
+                priority: str | None, ticket_type: str | None, tier: str | None, owner: str | None,
+                group: str | None, started_at: datetime, pm, actor: str | None = None) -> dict[str, datetime | None]:
+    """Open the clocks the SLA policy hook gives for a subject; returns clock name -> due time.
+
+    Budgets come from ``pm.hook.careflow_sla_policy(kind=subject_type, ...)``, the ladder of
+    each clock from ``pm.hook.careflow_escalation_ladder(clock=...)``. A clock the subject
+    already has is left as it is (calling again is harmless) and its due time returned.
+    """
+    if not subject_key or not isinstance(subject_key, str):
+        raise SlaError(f"subject_key must be a non-empty string, got {subject_key!r}")
+    started_at = _aware(started_at, "started_at")
+    policy = _policy(pm, subject_type, priority, ticket_type, tier)
+    cal = get_calendar()
+    existing = {r.name: r for r in session.scalars(select(SlaClockRow)
+                                                   .where(SlaClockRow.subject_key == subject_key))}
+    out: dict[str, datetime | None] = {}
+    opened: dict[str, dict] = {}
+    now = utcnow()
+    for name, spec in policy["clocks"].items():
+        if name in existing:
+            out[name] = existing[name].due_at
+            continue
+        if spec is None:
+            out[name] = None
+            continue
+        budget = _parse_budget(name, spec, policy["policy"])
+        row = SlaClockRow(subject_type=subject_type, subject_key=subject_key, instance_id=instance_id, name=name,
+                          status=RUNNING, priority=priority, ticket_type=ticket_type, tier=tier,
+                          policy=policy["policy"], budget=budget.spec, calendar_name=cal.name,
+                          started_at=started_at, pauses=[], history=[], ladder=[], owner=owner,
+                          group_name=group, created_at=now, updated_at=now)
+        row.due_at = clock_of(row, cal).deadline()
+        row.ladder = _ladder(pm, clock_info(row))
+        recompute(session, row, fired={})
+        session.add(row)
+        out[name] = row.due_at
+        opened[name] = {"budget": budget.spec, "due_at": _iso(row.due_at)}
+    if opened:
+        session.flush()
+        _audit(session, "sla_clocks_opened", started_at, instance_id, actor,
+               {"subject_type": subject_type, "subject_key": subject_key, "policy": policy["policy"],
+                "priority": priority, "tier": tier, "owner": owner, "group": group, "clocks": opened})
+    return out
+
+
+def stop_clock(session: Session, subject_key: str, name: str, at: datetime, actor: str | None = None) -> None:
+    """Stop a clock at ``at``: ``met`` if within its deadline, else ``breached`` (an open pause ends at ``at``).
+
+    Stopping a stopped clock changes nothing.
+    """
+    at = _aware(at, "at")
+    (row,) = _rows(session, subject_key, [name])
+    if row.status not in OPEN_STATES:
+        return
+    clock = clock_of(row)
+    if clock.is_paused:
+        _guard(clock.resume, at)
+        row.pauses = [p.to_dict() for p in clock.pauses]
+    due = clock.deadline()
+    row.due_at = due
+    row.status = MET if due is None or at <= due else BREACHED
+    row.stopped_at = at
+    row.next_rung_at = None
+    row.updated_at = utcnow()
+    _audit(session, "sla_clock_stopped", at, row.instance_id, actor,
+           {"subject_key": subject_key, "clock": name, "outcome": row.status, "due_at": _iso(due),
+            "stopped_at": at.isoformat()})
+
+
+def _guard(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError as err:
+        raise SlaError(str(err)) from err
+
+
+def _open_rows(session: Session, subject_key: str, names: list[str] | None) -> list[SlaClockRow]:
+    rows = _rows(session, subject_key, names)
+    return [r for r in rows if r.status in OPEN_STATES]
+
+
+def pause_clocks(session: Session, subject_key: str, reason: str, at: datetime, names: list[str] | None = None,
+                 actor: str | None = None) -> None:
+    """Pause the running clocks of a subject (all, or ``names``) at ``at`` for ``reason``.
+
+    Reasons such as ``waiting_for_customer`` or ``waiting_for_parts`` are shown translated.
+    Paused or stopped clocks are left alone.
+    """
+    at = _aware(at, "at")
+    changed = []
+    for row in _open_rows(session, subject_key, names):
+        if row.status != RUNNING:
+            continue
+        clock = clock_of(row)
+        _guard(clock.pause, at, reason or "")
+        row.pauses = [p.to_dict() for p in clock.pauses]
+        row.status = PAUSED
+        row.due_at = None
+        row.next_rung_at = None
+        row.updated_at = utcnow()
+        changed.append(row.name)
+    if changed:
+        _audit(session, "sla_clocks_paused", at, _instance_of(session, subject_key), actor,
+               {"subject_key": subject_key, "clocks": changed, "reason": reason})
+
+
+def resume_clocks(session: Session, subject_key: str, at: datetime, names: list[str] | None = None,
+                  actor: str | None = None) -> None:
+    """Resume the paused clocks of a subject (all, or ``names``) at ``at``; deadlines move by the pause."""
+    at = _aware(at, "at")
+    changed = {}
+    for row in _open_rows(session, subject_key, names):
+        if row.status != PAUSED:
+            continue
+        clock = clock_of(row)
+        _guard(clock.resume, at)
+        row.pauses = [p.to_dict() for p in clock.pauses]
+        row.status = RUNNING
+        row.updated_at = utcnow()
+        recompute(session, row)
+        changed[row.name] = _iso(row.due_at)
+    if changed:
+        _audit(session, "sla_clocks_resumed", at, _instance_of(session, subject_key), actor,
+               {"subject_key": subject_key, "due_at": changed})
+
+
+def _instance_of(session: Session, subject_key: str) -> int | None:
+    return session.scalar(select(SlaClockRow.instance_id).where(SlaClockRow.subject_key == subject_key).limit(1))
+
+
+def change_priority(session: Session, subject_key: str, priority: str, at: datetime, pm, ticket_type=None,
+                    tier=None, actor: str | None = None) -> dict[str, datetime | None]:
+    """Re-budget the open clocks of a subject for a new priority (and ticket type / tier).
+
+    The start and the pause ledger are kept: deadlines are recomputed from them with the
+    new budgets. A renegotiated deadline is superseded (kept in the history). Stopped
+    clocks keep their outcome. Returns clock name -> due time for every clock.
+    """
+    at = _aware(at, "at")
+    rows = _rows(session, subject_key)
+    first = rows[0]
+    ticket_type = ticket_type if ticket_type is not None else first.ticket_type
+    tier = tier if tier is not None else first.tier
+    policy = _policy(pm, first.subject_type, priority, ticket_type, tier)
+    out: dict[str, datetime | None] = {}
+    changes = {}
+    for row in rows:
+        if row.status in OPEN_STATES:
+            spec = policy["clocks"].get(row.name)
+            budget = _parse_budget(row.name, spec, policy["policy"]) if spec else Budget.parse(row.budget)
+            entry = {"event": "priority_changed", "at": at.isoformat(), "from": row.priority, "to": priority,
+                     "budget_from": row.budget, "budget_to": budget.spec, "policy_from": row.policy,
+                     "policy_to": policy["policy"] if spec else row.policy, "previous_due": _iso(row.due_at)}
+            row.history = [*(row.history or []), entry]
+            row.budget = budget.spec
+            if spec:
+                row.policy = policy["policy"]
+            row.updated_at = utcnow()
+            row.priority, row.ticket_type, row.tier = priority, ticket_type, tier
+            recompute(session, row)
+            changes[row.name] = {"budget": row.budget, "due_at": _iso(row.due_at)}
+        else:
+            row.priority, row.ticket_type, row.tier = priority, ticket_type, tier
+        out[row.name] = row.due_at
+    _audit(session, "sla_priority_changed", at, first.instance_id, actor,
+           {"subject_key": subject_key, "priority": priority, "policy": policy["policy"], "clocks": changes})
+    return out
+
+
+def extend_deadline(session: Session, subject_key: str, name: str, new_due: datetime, reason: str, by: str,
+                    at: datetime) -> None:
+    """Renegotiate a running clock's deadline to ``new_due`` (agreed with the customer), recorded and explained.
+
+    The renegotiation adds counted time to the budget, so a later pause still moves the
+    deadline; a later priority change supersedes it.
+    """
+    at, new_due = _aware(at, "at"), _aware(new_due, "new_due")
+    (row,) = _rows(session, subject_key, [name])
+    if row.status == PAUSED:
+        raise Conflict(f"the {name} clock of '{subject_key}' is paused; resume it before renegotiating its deadline")
+    if row.status not in OPEN_STATES:
+        raise Conflict(f"the {name} clock of '{subject_key}' is already stopped ({row.status})")
+    if new_due <= at:
+        raise SlaError(f"the new deadline {new_due.isoformat()} must be after {at.isoformat()}")
+    if not reason or not str(reason).strip():
+        raise SlaError("a renegotiated deadline needs a reason (it is shown to whoever reads the clock)")
+    clock = clock_of(row)
+    previous_due = clock.deadline()
+    base = dataclasses.replace(clock, extra=timedelta(0), agreed_due=None, agreed_at=None)
+    counted = base.elapsed(new_due)
+    if counted <= timedelta(0):
+        raise SlaError(f"no working time on calendar {base.counting_calendar.name} before {new_due.isoformat()}")
+    entry = {"event": "extended", "at": at.isoformat(), "by": by, "reason": str(reason), "from": _iso(previous_due),
+             "to": new_due.isoformat(), "extra_seconds": (counted - base.budget_duration).total_seconds()}
+    row.history = [*(row.history or []), entry]
+    row.updated_at = utcnow()
+    recompute(session, row)
+    _audit(session, "sla_deadline_extended", at, row.instance_id, by,
+           {"subject_key": subject_key, "clock": name, "from": _iso(previous_due), "to": new_due.isoformat(),
+            "reason": str(reason)})
+
+
+def set_owner(session: Session, subject_key: str, owner: str | None, group: str | None = None) -> None:
+    """Set who owns a subject's clocks (escalations go to the owner and the owner's supervisors).
+
+    ``group`` None keeps the current group.
+    """
+    rows = _rows(session, subject_key)
+    before = rows[0].owner
+    for row in rows:
+        row.owner = owner
+        if group is not None:
+            row.group_name = group
+    if before != owner:
+        _audit(session, "sla_owner_changed", utcnow(), rows[0].instance_id, None,
+               {"subject_key": subject_key, "from": before, "to": owner, "group": group})
+
+
+def _escalations(session: Session, clock_ids: list[int]) -> dict[int, list[SlaEscalation]]:
+    out: dict[int, list[SlaEscalation]] = {i: [] for i in clock_ids}
+    if clock_ids:
+        for e in session.scalars(select(SlaEscalation).where(SlaEscalation.clock_id.in_(clock_ids))
+                                 .order_by(SlaEscalation.fired_at, SlaEscalation.id)):
+            out[e.clock_id].append(e)
+    return out
+
+
+def escalation_dict(e: SlaEscalation) -> dict:
+    """JSON-ready view of a fired rung."""
+    return {"rung": e.rung, "occurrence": e.occurrence, "notify": e.notify, "recipient": e.recipient,
+            "due_at": _iso(e.due_at), "fired_at": _iso(e.fired_at), "outbox_key": e.outbox_key}
+
+
+def row_dict(row: SlaClockRow, escalations: list[SlaEscalation] | None = None) -> dict:
+    """JSON-ready view of a clock row."""
+    return {
+        "id": row.id, "subject_type": row.subject_type, "subject_key": row.subject_key,
+        "instance_id": row.instance_id, "name": row.name, "status": row.status, "priority": row.priority,
+        "ticket_type": row.ticket_type, "tier": row.tier, "policy": row.policy, "budget": row.budget,
+        "calendar": row.calendar_name, "started_at": _iso(row.started_at), "due_at": _iso(row.due_at),
+        "stopped_at": _iso(row.stopped_at), "next_rung_at": _iso(row.next_rung_at), "owner": row.owner,
+        "group": row.group_name, "pauses": list(row.pauses or []), "history": list(row.history or []),
+        "ladder": list(row.ladder or []),
+        "escalations": [escalation_dict(e) for e in escalations or []],
+    }
+
+
+def clocks_for(session: Session, subject_key: str) -> list[dict]:
+    """Every clock of a subject, with its fired escalations (empty list if it has none)."""
+    rows = list(session.scalars(select(SlaClockRow).where(SlaClockRow.subject_key == subject_key)
+                                .order_by(SlaClockRow.id)))
+    esc = _escalations(session, [r.id for r in rows])
+    return [row_dict(r, esc[r.id]) for r in rows]
+
+
+def explain(session: Session, subject_key: str, name: str | None = None, now: datetime | None = None) -> list[dict]:
+    """Why each clock of a subject is due when it is (budget, policy, tier, calendar, pauses, renegotiations).
+
+    Each entry is ``SlaClock.explain()`` (``sentence`` in English and Chinese, ``due_at``...)
+    plus the clock's name, status, owner, escalations and next rung. A stopped clock is
+    explained as it stood when it stopped.
+    """
+    from engine.escalation import next_rung
+
+    now = _aware(now, "now") if now is not None else utcnow()
+    rows = _rows(session, subject_key, [name] if name else None, lock=False)
+    esc = _escalations(session, [r.id for r in rows])
+    cal = get_calendar()
+    out = []
+    for row in rows:
+        clock = clock_of(row, cal)
+        as_of = min(now, row.stopped_at) if row.stopped_at else now
+        try:
+            info = clock.explain(as_of)
+        except (ValueError, CalendarError) as err:
+            raise SlaError(f"cannot explain the {row.name} clock of '{subject_key}': {err}") from err
+        en, zh = info["sentence"]["en"], info["sentence"]["zh"]
+        renegotiations = [h for h in row.history or [] if h.get("event") == "extended"]
+        in_force = _effective_extension(row.history)
+        changes = [h for h in row.history or [] if h.get("event") == "priority_changed"]
+        for h in changes:
+            en += (f" Priority changed from {h['from'] or '-'} to {h['to']} at {_local(h['at'], cal)}: "
+                   f"budget {h['budget_from']} -> {h['budget_to']}, recomputed from the start and the pauses.")
+            zh += (f" 优先级于 {_local(h['at'], cal)} 由 {h['from'] or '-'} 改为 {h['to']}："
+                   f"时限 {h['budget_from']} -> {h['budget_to']}，按开始时间和暂停记录重新计算。")
+        for h in renegotiations:
+            state_en = "" if h is in_force else " (superseded by a later priority change)"
+            state_zh = "" if h is in_force else "（已被之后的优先级变更取代）"
+            en += (f" Deadline renegotiated by {h['by']} at {_local(h['at'], cal)} from "
+                   f"{_local(h['from'], cal) if h.get('from') else '-'} to {_local(h['to'], cal)}: {h['reason']}{state_en}.")
+            zh += (f" {h['by']} 于 {_local(h['at'], cal)} 将截止时间由 "
+                   f"{_local(h['from'], cal) if h.get('from') else '-'} 改为 {_local(h['to'], cal)}：{h['reason']}{state_zh}。")
+        if row.stopped_at:
+            outcome_en = "met" if row.status == MET else "breached"
+            outcome_zh = "达标" if row.status == MET else "超时"
+            en += f" Stopped at {_local(row.stopped_at, cal)}: {outcome_en}."
+            zh += f" 于 {_local(row.stopped_at, cal)} 停止：{outcome_zh}。"
+        fired: dict[str, int] = {}
+        for e in esc[row.id]:
+            fired[e.rung] = max(fired.get(e.rung, -1), e.occurrence)
+        upcoming = next_rung(clock, row.ladder or [], fired) if row.status == RUNNING else None
+        info.update({
+            "clock": row.name, "subject_type": row.subject_type, "subject_key": row.subject_key,
+            "instance_id": row.instance_id, "status": row.status, "priority": row.priority,
+            "ticket_type": row.ticket_type, "owner": row.owner, "group": row.group_name,
+            "stopped_at": _iso(row.stopped_at), "renegotiations": renegotiations, "priority_changes": changes,
+            "escalations": [escalation_dict(e) for e in esc[row.id]],
+            "next_rung": ({"at": upcoming[0].isoformat(), "rung": upcoming[1], "occurrence": upcoming[2]}
+                          if upcoming else None),
+            "overdue": bool(row.status == RUNNING and info["due_at"] and parse_aware(info["due_at"]) <= now)
+            or row.status == BREACHED,
+            "sentence": {"en": en, "zh": zh},
+        })
+        out.append(info)
+    return out
+
+
+def _local(value: str | datetime, cal: Calendar) -> str:
+    dt = parse_aware(value) if isinstance(value, str) else value
+    return dt.astimezone(cal.tz).strftime("%Y-%m-%d %H:%M")
