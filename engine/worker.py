@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select as sa_select
 
+from engine.errors import NotFound
 from engine.escalation import fire_due_rungs, next_rung_due_query
 from engine.models import Timer
 from engine.runtime import running_instance
@@ -43,12 +44,13 @@ class PassStats:
     timers: int = 0  # instances whose due timers fired
     rungs: int = 0  # escalation rungs fired
     deliveries: int = 0  # outbox messages handled by engine.outbox
+    revisits: int = 0  # customer revisit instances started by the schedule
     more: bool = False  # a batch limit was hit: run another pass at once
 
     @property
     def work(self) -> int:
         """Total items handled."""
-        return self.timers + self.rungs + self.deliveries
+        return self.timers + self.rungs + self.deliveries + self.revisits
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Totals:
     timers: int = 0
     rungs: int = 0
     deliveries: int = 0
+    revisits: int = 0
     passes: int = 0
     errors: int = 0
     stuck: dict[int, datetime] = field(default_factory=dict)
@@ -67,7 +70,11 @@ class Totals:
         self.timers += stats.timers
         self.rungs += stats.rungs
         self.deliveries += stats.deliveries
+        self.revisits += stats.revisits
         self.passes += 1
+
+
+SCHEDULE_EVERY = timedelta(seconds=60)
 
 
 def _outbox_module():
@@ -101,6 +108,7 @@ class Worker:
         self._listen_conn = None
         self._idle_spins = 0
         self._outbox = _outbox_module()
+        self._next_schedule: datetime | None = None
 
     # -- control ---------------------------------------------------------------------------
     @property
@@ -129,14 +137,44 @@ class Worker:
         if not self.stopping:
             stats.rungs = fire_due_rungs(self.engine, limit=self.batch, stop=lambda: self.stopping)
             stats.more = timers_more or stats.rungs >= self.batch
+        if not self.stopping:
+            stats.revisits = self._run_schedules()
         if not self.stopping and self._outbox is not None:
             delivered = self._outbox.deliver_due(self.engine)
             stats.deliveries = delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0
         self.totals.add(stats)
         if stats.work:
-            log.info("fired %d timer(s), %d escalation rung(s); delivered %d message(s)",
-                     stats.timers, stats.rungs, stats.deliveries)
+            log.info("fired %d timer(s), %d escalation rung(s), started %d revisit(s); delivered %d message(s)",
+                     stats.timers, stats.rungs, stats.revisits, stats.deliveries)
         return stats
+
+    def _run_schedules(self) -> int:
+        """Calendar work, at most once per ``SCHEDULE_EVERY``: due customer revisits and care greetings.
+
+        Both are idempotent (one revisit per customer and due date, one greeting per occasion),
+        so several workers or a restart never duplicate them. Returns revisits started.
+        """
+        now = self.engine.now()
+        if self._next_schedule is not None and now < self._next_schedule:
+            return 0
+        self._next_schedule = now + SCHEDULE_EVERY
+        from engine.care import run_care
+        from engine.revisits import start_due_revisits
+
+        started: list[int] = []
+        try:
+            started = start_due_revisits(self.engine, now)
+        except NotFound:
+            pass  # the revisit process is not deployed: nothing to schedule
+        except Exception:  # noqa: BLE001 - the loop must go on; the error is logged and counted
+            log.exception("starting due revisits failed")
+            self.totals.errors += 1
+        try:
+            run_care(self.engine, now)
+        except Exception:  # noqa: BLE001
+            log.exception("queueing care greetings failed")
+            self.totals.errors += 1
+        return len(started)
 
     def _stuck_ids(self) -> list[int]:
         now = self.engine.now()

@@ -260,3 +260,20 @@ def test_nothing_starts_when_the_process_is_not_deployed(runner, crm):
     assert result.exit_code == 4 and "careflow deploy" in result.output
     with crm.Session() as s:
         assert s.scalar(select(func.count()).select_from(CustomerContact)) == 0
+
+
+def test_the_worker_starts_due_revisits_once(crm, clock):
+    """The timer worker runs the revisit schedule: one instance per due customer, never twice."""
+    from engine.worker import SCHEDULE_EVERY, Worker
+
+    deploy(crm, "customer_revisit.bpmn")
+    add(crm, enterprise(1, annual_spend=50_000, first_contact_date="2025-12-01"))
+    worker = Worker(crm, max_sleep=0.1, listen=False)
+    try:
+        assert worker.run_pass().revisits == 1
+        assert worker.run_pass().revisits == 0  # the schedule runs at most once per SCHEDULE_EVERY
+        clock.advance(SCHEDULE_EVERY)
+        assert worker.run_pass().revisits == 0  # already started: idempotent
+    finally:
+        worker.close()
+    assert len(_instances(crm)) == 1 and worker.totals.revisits == 1
