@@ -53,10 +53,10 @@ TEMPLATES: dict[str, dict] = {
         "Your ticket {{ number }} is closed. Thank you."),
     "sla_escalation": _t(
         "{% if overdue_by_seconds %}【超时】{% else %}【提醒】{% endif %}{{ subject_key }} · {{ clock | label }}时限",
-        "{{ explanation }}\n时限：{{ due_at | local }}（北京时间）；负责人：{{ owner or '未指派' }}。",
+        "{{ explanation_zh or explanation }}\n时限：{{ due_at | local }}（北京时间）；负责人：{{ owner or '未指派' }}。",
         "{% if overdue_by_seconds %}[Overdue]{% else %}[Reminder]{% endif %} {{ subject_key }} · "
         "{{ clock | label }} deadline",
-        "{{ explanation }}\nDeadline: {{ due_at | local }} (Beijing time); owner: {{ owner or 'nobody yet' }}."),
+        "{{ explanation_en or explanation }}\nDeadline: {{ due_at | local }} (Beijing time); owner: {{ owner or 'nobody yet' }}."),
     "task_assigned": _t(
         "新任务：{{ title }}",
         "您有一项新任务：{{ title }}{% if due_at %}，请于 {{ due_at | local }} 前完成{% endif %}。",
