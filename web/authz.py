@@ -5,6 +5,18 @@ tasks; a *supervisor* sees everything of their groups and of the people reportin
 them and reassigns; a *process owner* and an *admin* see everything; an *auditor* reads
 everything and changes nothing. Objects a user may not see answer 404 (their existence
 is not revealed); actions on visible objects the user may not take answer 403.
+
+The audit trail (issue #9) is read by auditors and admins only: it holds every team's
+steps, user administration and personal-data events, more than a supervisor (their teams)
+or a process owner (processes and instances, whose step history the instance page shows)
+may see. Auditors and admins may also *verify* the chain: that changes no business data,
+it records the check (``audit_verifications``, and an incident when broken) — the auditor's
+own duty (domain.md: "verifies they were not altered"). Personal data is unmasked only by
+roles ``engine.pii.can_unmask`` allows (admins), deliberately and audited.
+
+The auditor's "changes nothing" is also enforced in one place for every route, present and
+future (``refuses_change``): any request other than GET/HEAD/OPTIONS by a read-only user is
+refused with 403 before the view runs, except the endpoints in ``READ_ONLY_MAY_POST``.
 """
 
 from __future__ import annotations
@@ -13,10 +25,17 @@ from dataclasses import dataclass, field
 
 from engine.accounts import Account
 from engine.inbox import Scope
+from engine.pii import can_unmask as _role_may_unmask
 
 WIDE_ROLES = frozenset({"process_owner", "auditor", "admin"})
 WORKER_ROLES = frozenset({"agent", "supervisor"})
 PII_ROLES = frozenset({"agent", "supervisor", "admin"})
+AUDIT_ROLES = frozenset({"auditor", "admin"})
+MODEL_ROLES = frozenset({"process_owner", "admin"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What a read-only user may still POST: their own session (sign in/out, language) and
+# verifying the audit chain (a check that changes no business data; see the module docstring).
+READ_ONLY_MAY_POST = frozenset({"auth.login", "auth.logout", "auth.language", "audit.verify"})
 
 
 @dataclass
@@ -135,6 +154,38 @@ def may_see_pii(p: Principal) -> bool:
     return p.role in PII_ROLES
 
 
+def can_read_audit(p: Principal | None) -> bool:
+    """May ``p`` open the audit pages (search, per-instance history, masked exports)?"""
+    return p is not None and p.role in AUDIT_ROLES
+
+
+def can_verify_audit(p: Principal | None) -> bool:
+    """May ``p`` run a verification of the audit chain (recorded, changes no business data)?"""
+    return can_read_audit(p)
+
+
+def can_unmask(p: Principal | None) -> bool:
+    """May ``p`` reveal personal data in the audit trail (a deliberate, audited action)?"""
+    return can_read_audit(p) and _role_may_unmask(p.role)
+
+
+def refuses_change(p: Principal | None, method: str, endpoint: str | None) -> bool:
+    """Must this request be refused because a read-only user (auditor) would change something?"""
+    return (p is not None and p.read_only and method.upper() not in SAFE_METHODS
+            and endpoint not in READ_ONLY_MAY_POST)
+
+
+def can_view_processes(p: Principal | None) -> bool:
+    """May ``p`` read process models: the version list, diagrams and diffs (process owners,
+    auditors and admins)?"""
+    return p is not None and p.role in WIDE_ROLES
+
+
+def can_model(p: Principal | None) -> bool:
+    """May ``p`` edit, upload and deploy process versions and migrate instances between them?"""
+    return p is not None and p.role in MODEL_ROLES
+
+
 def can_admin(p: Principal) -> bool:
     """May ``p`` manage users?"""
     return p.role == "admin"
@@ -156,3 +207,16 @@ def mask_email(value: str | None) -> str | None:
         return value
     local, _, domain = str(value).partition("@")
     return (local[:1] + "***@" + domain) if local else "***@" + domain
+
+
+def report_teams(p: Principal, teams: list[str]) -> list[str | None]:
+    """The teams whose monthly reports ``p`` may see (``None`` = every team).
+
+    Process owners, auditors and admins: every team and all teams together; supervisors and
+    agents: their own groups only (the ``supervisor`` group last).
+    """
+    if p.sees_everything:
+        return [None, *teams]
+    if p.role in WORKER_ROLES:
+        return sorted(p.groups, key=lambda g: g == "supervisor")
+    return []
