@@ -144,6 +144,10 @@ class InMemoryHost:
         self.tickets[number][f"{clock}_due"] = new_due
         return dict(self.tickets[number])
 
+    def request_ticket_revisit(self, number: str) -> None:
+        """No customer registry in memory: nothing to revisit."""
+        return None
+
     def notify(self, template: str, to: str | None = None, channel: str | None = None, **data: Any) -> None:
         """Queue a message in memory."""
         self.outbox.append((template, to, data))
@@ -157,7 +161,7 @@ class InMemoryHost:
         """The functions, by the names scripts call them."""
         return {"register_ticket": self.register_ticket, "update_ticket": self.update_ticket,
                 "extend_deadline": self.extend_deadline, "notify": self.notify, "now_iso": self.now_iso,
-                "set_business_key": lambda key: None}
+                "set_business_key": lambda key: None, "request_ticket_revisit": self.request_ticket_revisit}
 
 
 def raw_run(scenario: Scenario) -> BpmnWorkflow:
