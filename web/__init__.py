@@ -19,7 +19,22 @@ log = logging.getLogger("careflow.web")
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask application (the WSGI entry point is ``web:create_app()``)."""
-    from web import admin, api, assets, auth, customers, errors, i18n, instances, security, tasks
+    from web import (
+        admin,
+        api,
+        assets,
+        auth,
+        customers,
+        errors,
+        i18n,
+        instances,
+        processes,
+        security,
+        survey,
+        tasks,
+    )
+    from web import audit as audit_pages
+    from web import reports as report_pages
     from web.config import load_config
 
     app = Flask(__name__, instance_relative_config=False)
@@ -43,7 +58,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(instances.bp)
     app.register_blueprint(customers.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(processes.bp)
+    app.register_blueprint(audit_pages.bp)
+    app.register_blueprint(report_pages.bp)
     app.register_blueprint(assets.bp)
+    app.register_blueprint(survey.bp)
     app.register_blueprint(api.bp)
     security.csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
+    audit_pages.init_app(app)  # last: the read-only guard runs after sign-in and the API's token check
     return app

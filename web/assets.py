@@ -1,6 +1,7 @@
 """Browser packages installed by npm, served straight from ``node_modules`` (no copies in git).
 
-Only an allow-list of files is served: the bpmn-js viewer bundle and its styles and font.
+Only an allow-list of files is served: the bpmn-js viewer and modeler bundles and their styles
+and font.
 The run and test commands install them (``npm ci``); without them the instance page still
 works and says the diagram viewer is not installed.
 """
@@ -19,7 +20,10 @@ ALLOWED = (
     "bpmn-js/dist/assets/bpmn-js.css",
     "bpmn-js/dist/assets/bpmn-font/css/bpmn.css",
     "bpmn-js/dist/assets/bpmn-font/font/",
+    "bpmn-js/dist/bpmn-modeler.production.min.js",
+    "chart.js/dist/chart.umd.min.js",  # the reports page's charts
 )
+CHART_JS = "chart.js/dist/chart.umd.min.js"
 
 
 def node_modules() -> Path:
@@ -30,6 +34,11 @@ def node_modules() -> Path:
 def viewer_installed() -> bool:
     """Is the bpmn-js viewer bundle installed?"""
     return (node_modules() / ALLOWED[0]).is_file()
+
+
+def chart_installed() -> bool:
+    """Is the Chart.js bundle (reports page) installed?"""
+    return (node_modules() / CHART_JS).is_file()
 
 
 @bp.route("/vendor/<path:filename>")

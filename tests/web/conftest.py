@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 from argon2 import PasswordHasher
-from webtools import FIXTURES, AuthActions, add_users, make_app
 
 from engine import accounts
+
+from webtools import FIXTURES, AuthActions, add_users, make_app
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,10 @@ and an OpenAPI document that matches the routes."""
 from __future__ import annotations
 
 import pytest
-from webtools import USERS, start_simple
 
 from engine import accounts, inbox
+
+from webtools import USERS, start_simple
 
 
 def _tokens(cf) -> dict[str, dict]:

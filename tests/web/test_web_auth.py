@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from webtools import PASSWORD, AuthActions, add_users, make_app, start_simple
 
 from engine import accounts
 from engine.clock import FrozenClock
 from engine.models import User
 from engine.runtime import Careflow
+
+from webtools import PASSWORD, AuthActions, add_users, make_app, start_simple
 
 
 def test_password_is_stored_as_argon2_hash(app, cf):

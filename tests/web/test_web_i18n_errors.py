@@ -10,9 +10,10 @@ import sys
 import pytest
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
-from webtools import ROOT, AuthActions, make_app
 
 from engine import accounts
+
+from webtools import ROOT, AuthActions, make_app
 
 PO = ROOT / "web" / "translations" / "zh" / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")

@@ -13,10 +13,11 @@ import urllib.request
 
 import pytest
 from lxml import etree
-from webtools import ROOT, start_simple
 
 from careflow.cli import cli
 from engine import accounts, inbox
+
+from webtools import ROOT, start_simple
 
 
 def test_diagram_json_marks_steps_and_adds_layout(client, login, cf):

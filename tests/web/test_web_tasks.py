@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from webtools import FIXTURES, AuthActions, add_users, make_app, start_simple
 from werkzeug.datastructures import MultiDict
 
 from engine import inbox
 from engine.clock import FrozenClock
 from engine.runtime import Careflow
 from web.forms import build_fields, parse_submission, to_form_paths
+
+from webtools import FIXTURES, AuthActions, add_users, make_app, start_simple
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
