@@ -27,6 +27,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from engine.config import Settings  # noqa: E402
 from engine.runtime import Careflow  # noqa: E402
+
 from scenario import AFTER_SALES, raw_run  # noqa: E402
 
 

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from migration_helpers import at_diagnose, deploy  # noqa: E402
-
 from engine.config import Settings, normalize_database_url  # noqa: E402
 from engine.migration import migrate_instances, plan_migration  # noqa: E402
 from engine.runtime import Careflow  # noqa: E402
+
+from migration_helpers import at_diagnose, deploy  # noqa: E402
 
 
 def main() -> None:
