@@ -18,6 +18,7 @@ from ticket_helpers import (
     RISK_ON_TRACK,
     SUP,
     T0,
+    TICKET_BPMN,
     TS,
     Flow,
     classification,
@@ -554,14 +555,13 @@ def test_ticket_links_the_registry_customer_and_records_the_contacts(tcf):
     from engine.clock import use_clock
     from engine.revisits import CustomerRevisit, start_due_revisits
 
-    from conftest import ROOT
 
     with cf.Session() as s:
         [req] = s.scalars(select(CustomerRevisit).where(CustomerRevisit.customer_id == cid,
                                                         CustomerRevisit.kind == "requested")).all()
     assert req.source_instance_id == f.instance_id and t.number in req.reason
     with use_clock(clock):
-        cf.deploy([ROOT / "workflows" / "customer_revisit.bpmn"], author="test")
+        cf.deploy([TICKET_BPMN.parent / "customer_revisit.bpmn"], author="test")
         started = start_due_revisits(cf, clock.now())
     assert len(started) >= 1
     assert any(cf.show(i)["process_id"] == "customer_revisit" for i in started)
