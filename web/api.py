@@ -8,7 +8,6 @@ The OpenAPI document is served at ``/api/v1/openapi.json`` (no token needed).
 
 from __future__ import annotations
 
-import importlib
 from datetime import datetime
 from typing import Any
 
@@ -257,13 +256,6 @@ def customer(customer_id: str):
     return jsonify(jsonable({**record, "contacts": contacts}))
 
 
-def _tickets_module():
-    try:
-        return importlib.import_module("engine.tickets")
-    except ImportError:
-        return None
-
-
 def _ticket_visible(ticket: dict) -> bool:
     p = _p()
     if p.sees_everything:
@@ -276,41 +268,35 @@ def _ticket_visible(ticket: dict) -> bool:
     return authz.can_see_instance(p, inst, rows)
 
 
-def _plain(value: Any) -> dict:
-    if isinstance(value, dict):
-        return value
-    if callable(getattr(value, "to_dict", None)):
-        return value.to_dict()
-    return {k: v for k, v in vars(value).items() if not k.startswith("_")}
-
-
 @bp.route("/tickets")
 def tickets():
-    """Tickets I may see (from the ticket registry, ``engine.tickets``)."""
-    module = _tickets_module()
-    lister = getattr(module, "list_tickets", None) if module else None
-    if lister is None:
-        return error_response(404, "the ticket registry (engine.tickets) is not installed")
-    limit = min(200, max(1, _int_arg("per_page", 50)))
-    items = [_plain(t) for t in lister(engine())]
-    visible = [t for t in items if _ticket_visible(t)][:limit]
-    return jsonify({"items": jsonable(visible), "total": len(visible)})
+    """Tickets I may see, newest first (``?status=``, ``?page=``, ``?per_page=``), from the ticket table."""
+    from engine import tickets as engine_tickets
+
+    per_page = min(200, max(1, _int_arg("per_page", 50)))
+    page = max(1, _int_arg("page", 1))
+    status = request.args.get("status") or None
+    if status is not None and status not in engine_tickets.STATUS_LABELS:
+        raise ValidationFailed([Problem(f"unknown status {status!r}", field="status")])
+    with engine().Session() as session:
+        rows = engine_tickets.list_tickets(session, status=status, limit=per_page, offset=(page - 1) * per_page)
+    visible = [t for t in rows if _ticket_visible(t)]
+    return jsonify({"items": jsonable(visible), "page": page, "per_page": per_page,
+                    "has_more": len(rows) == per_page})
 
 
-@bp.route("/tickets/<ticket_id>")
-def ticket(ticket_id: str):
-    """One ticket by id or number."""
-    module = _tickets_module()
-    getter = getattr(module, "get_ticket", None) if module else None
-    if getter is None:
-        return error_response(404, "the ticket registry (engine.tickets) is not installed")
+@bp.route("/tickets/<number>")
+def ticket(number: str):
+    """One ticket by number: facts, deadlines of every round and the status history."""
+    from engine import tickets as engine_tickets
+
+    if len(number) > 40:
+        abort(404)
     try:
-        found = getter(engine(), int(ticket_id) if ticket_id.isdigit() else ticket_id)
+        with engine().Session() as session:
+            item = engine_tickets.get_ticket(session, number)
     except NotFound:
         abort(404)
-    if found is None:
-        abort(404)
-    item = _plain(found)
     if not _ticket_visible(item):
         abort(404)
     return jsonify(jsonable(item))

@@ -96,9 +96,10 @@ def document() -> dict:
         "/customers/{customer_id}": {"get": _op("A customer with every contact",
                                                 _json({"type": "object"}, "the customer"),
                                                 params=[_path("customer_id")])},
-        "/tickets": {"get": _op("Tickets I may see", _json({"type": "object"}, "tickets"), params=paging[1:])},
-        "/tickets/{ticket_id}": {"get": _op("One ticket", _json({"type": "object"}, "the ticket"),
-                                            params=[_path("ticket_id")])},
+        "/tickets": {"get": _op("Tickets I may see, newest first", _json({"type": "object"}, "tickets"),
+                                params=[_q("status", "ticket status, e.g. diagnosing"), *paging])},
+        "/tickets/{number}": {"get": _op("One ticket: facts, deadlines of every round, status history",
+                                         _json({"type": "object"}, "the ticket"), params=[_path("number")])},
     }
     error = {"type": "object", "required": ["error", "message"], "properties": {
         "error": {"type": "string"}, "message": {"type": "string"},

@@ -165,3 +165,35 @@ def test_reassign_and_release_audited_in_engine(cf, app):
     assert [(r["action"], r["actor"], r["details"]["from"], r["details"]["to"]) for r in rows] == [
         ("task_claimed", "ann", None, "ann"), ("task_reassigned", "sam", "ann", "cara"),
         ("task_released", "cara", "cara", None)]
+
+
+def test_tickets_from_the_ticket_table_with_authorization(api, cf):
+    """A real after-sales ticket: listed and shown to those who see its instance, 404 to others."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cf.deploy([root / "workflows" / "after_sales_ticket.bpmn"], author="test")
+    started = cf.start("after_sales_ticket", {}, actor="ann")
+    [intake] = cf.tasks(instance_id=started.instance_id)
+    form = {"intake": {
+        "channel": "phone", "received_at": cf.now().isoformat(), "occurred_at": cf.now().isoformat(),
+        "customer": {"customer_type": "enterprise", "name": "杭州星河制造有限公司", "phone": "13812345678"},
+        "contact": {"name": "王磊"}, "problem": {"symptom": "MES 服务器无法启动"},
+        "type": "product_fault", "priority": "urgent", "complex": False}}
+    cf.complete(intake["id"], form, user="ann")
+    client, h = api["client"], api["h"]
+
+    listed = client.get("/api/v1/tickets", headers=h["ann"]).get_json()
+    [ticket] = [t for t in listed["items"] if t["instance_id"] == started.instance_id]
+    assert ticket["number"].startswith("SN") and ticket["priority"] == "urgent"
+    assert ticket["customer"]["phone"] == "138****5678"
+    shown = client.get(f"/api/v1/tickets/{ticket['number']}", headers=h["tom"]).get_json()
+    assert shown["number"] == ticket["number"] and {c["name"] for c in shown["deadlines"]} >= {"solution"}
+    # an agent of another group, with no task of this ticket: not found, in the list or by number
+    assert client.get(f"/api/v1/tickets/{ticket['number']}", headers=h["cara"]).status_code == 404
+    assert all(t["number"] != ticket["number"]
+               for t in client.get("/api/v1/tickets", headers=h["cara"]).get_json()["items"])
+    assert client.get("/api/v1/tickets/SN19990101001", headers=h["root"]).status_code == 404
+    bad = client.get("/api/v1/tickets?status=nonsense", headers=h["root"])
+    assert bad.status_code == 400 and "status" in bad.get_json()["field_errors"]
+    assert client.get("/api/v1/tickets?status=diagnosing", headers=h["root"]).get_json()["items"]
