@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -92,8 +93,11 @@ def chain_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_content(row)).hexdigest()
 
 
-def append_events(session: Session, events: list[AuditEvent]) -> list[AuditEntry]:
-    """Give ``events`` their sequence numbers and hashes and add them to the session."""
+def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleNamespace]:
+    """Give ``events`` their sequence numbers and hashes and add them to the session.
+
+    Returns the rows as written (attribute access like ``AuditEntry``, for ``entry_to_dict``).
+    """
     if not events:
         return []
     stmt = select(AuditHead).where(AuditHead.id == 1)
@@ -112,7 +116,7 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[AuditEntry
         h = chain_hash(prev, values)
         values["prev_hash"], values["hash"] = prev, h
         records.append(values)
-        row = AuditEntry(**values)  # transient: returned to observers, inserted in bulk below
+        row = SimpleNamespace(**values)  # what observers read; the insert below writes ``records``
         if taken:
             row._pii_clear = {p.ref: p.value for p in taken}  # lets entry_to_dict re-join after commit
             pii_rows.extend(p.to_row(seq) for p in taken)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import logging
 import threading
 import traceback
@@ -709,15 +708,18 @@ def running_instance():
     return exists().where(Instance.id == Timer.instance_id, Instance.status == "running")
 
 
-_validators: dict[str, Draft202012Validator] = {}
+_validators: dict[int, tuple[dict, Draft202012Validator]] = {}
 
 
 def _form_validator(schema: dict) -> Draft202012Validator:
-    """A validator per distinct schema (building one is not free; schemas are immutable per version)."""
-    key = json.dumps(schema, sort_keys=True)
-    validator = _validators.get(key)
-    if validator is None:
-        validator = _validators[key] = Draft202012Validator(schema, format_checker=FormatChecker())
+    """A validator per schema object (building one is not free; a version's forms never change)."""
+    hit = _validators.get(id(schema))
+    if hit is not None and hit[0] is schema:  # the schema is kept alive with it, so its id is not reused
+        return hit[1]
+    if len(_validators) > 2048:
+        _validators.clear()
+    validator = Draft202012Validator(schema, format_checker=FormatChecker())
+    _validators[id(schema)] = (schema, validator)
     return validator
 
 
