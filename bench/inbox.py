@@ -11,9 +11,7 @@ time the engine queries alone.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import timedelta
@@ -26,9 +24,10 @@ from sqlalchemy import insert  # noqa: E402
 
 from engine import accounts  # noqa: E402
 from engine import inbox as engine_inbox  # noqa: E402
-from engine.config import Settings, normalize_database_url  # noqa: E402
 from engine.models import HumanTask, Instance  # noqa: E402
 from engine.runtime import Careflow  # noqa: E402
+
+from benchutil import analyze, signed_in_client, temp_engine, timed  # noqa: E402
 
 GROUPS = ["customer_service", "technical_support", "supervisor", "account_manager", "sales"]
 AGENTS = [f"agent{i:02d}" for i in range(40)]
@@ -64,23 +63,7 @@ def seed(cf: Careflow, n: int) -> None:
     if rows:
         with cf.Session() as s, s.begin():
             s.execute(insert(HumanTask), rows)
-    if cf.db.dialect.name == "sqlite":
-        with cf.db.connect() as c:
-            c.exec_driver_sql("ANALYZE")
-    else:
-        with cf.db.begin() as c:
-            c.exec_driver_sql("ANALYZE human_tasks")
-
-
-def timed(fn, runs: int = 15) -> float:
-    """Median milliseconds of ``fn()``."""
-    fn()  # warm up caches
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples)
+    analyze(cf, "human_tasks")
 
 
 def main() -> None:
@@ -89,10 +72,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--database-url", default=None)
     args = ap.parse_args()
-    tmp = tempfile.TemporaryDirectory()
-    url = normalize_database_url(args.database_url) if args.database_url else f"sqlite:///{tmp.name}/bench.db"
-    cf = Careflow(Settings(database_url=url, home=Path(tmp.name)))
-    cf.init_db()
+    cf, tmp = temp_engine(args.database_url)
     t0 = time.perf_counter()
     seed(cf, args.tasks)
     print(f"seed_s: {time.perf_counter() - t0:.1f}")
@@ -107,14 +87,8 @@ def main() -> None:
     print(f"customer_query_ms: {timed(lambda: engine_inbox.inbox(cf, everyone, 'all', customer='客户0012')):.1f}")
     print(f"deep_page_query_ms: {timed(lambda: engine_inbox.inbox(cf, agent, 'inbox', page=200)):.1f}")
 
-    from web import create_app
-
-    app = create_app({"CAREFLOW_ENGINE": cf, "SECRET_KEY": "bench", "TESTING": True})
     accounts.set_active(cf, "agent01", True, actor="bench")
-    sid = accounts.open_session(cf, "agent01", "127.0.0.1")
-    client = app.test_client()
-    with client.session_transaction() as sess:
-        sess["sid"] = sid
+    client = signed_in_client(cf, "agent01")
 
     def page():
         r = client.get("/tasks")

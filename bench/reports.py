@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,6 @@ from sqlalchemy import insert, select  # noqa: E402
 
 from engine import accounts, reports  # noqa: E402
 from engine.complaints import CAUSES, Complaint  # noqa: E402
-from engine.config import Settings, normalize_database_url  # noqa: E402
 from engine.customers import Customer  # noqa: E402
 from engine.models import HumanTask, Instance, ProcessVersion  # noqa: E402
 from engine.revisits import CustomerRevisit  # noqa: E402
@@ -39,6 +36,8 @@ from engine.runtime import Careflow  # noqa: E402
 from engine.sla import SlaClockRow  # noqa: E402
 from engine.surveys import SurveyResponse  # noqa: E402
 from engine.tickets import Ticket  # noqa: E402
+
+from benchutil import analyze, signed_in_client, temp_engine, timed  # noqa: E402
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 4, 2, 12, 0, tzinfo=SH)
@@ -225,23 +224,7 @@ def seed(cf: Careflow, n: int, months: int) -> None:
     with cf.Session() as s, s.begin():
         for num, _created, _e in open_tickets:
             s.execute(Ticket.__table__.update().where(Ticket.number == num).values(instance_id=inst[num]))
-    if cf.db.dialect.name == "sqlite":
-        with cf.db.connect() as c:
-            c.exec_driver_sql("ANALYZE")
-    else:
-        with cf.db.begin() as c:
-            c.exec_driver_sql("ANALYZE")
-
-
-def timed(fn, runs: int = 15) -> float:
-    """Median milliseconds of ``fn()``."""
-    fn()  # warm up caches
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples)
+    analyze(cf)
 
 
 def main() -> None:
@@ -251,10 +234,7 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=12, help="spread the tickets over this many months")
     ap.add_argument("--database-url", default=None)
     args = ap.parse_args()
-    tmp = tempfile.TemporaryDirectory()
-    url = normalize_database_url(args.database_url) if args.database_url else f"sqlite:///{tmp.name}/bench.db"
-    cf = Careflow(Settings(database_url=url, home=Path(tmp.name)))
-    cf.init_db()
+    cf, tmp = temp_engine(args.database_url)
     t0 = time.perf_counter()
     seed(cf, args.tickets, args.months)
     print(f"seed_s: {time.perf_counter() - t0:.1f}")
@@ -268,14 +248,8 @@ def main() -> None:
     print(f"month_report_ms: {timed(report):.1f}")
     print(f"month_report_team_ms: {timed(lambda: report('technical_support')):.1f}")
 
-    from web import create_app
-
-    app = create_app({"CAREFLOW_ENGINE": cf, "SECRET_KEY": "bench", "TESTING": True})
     accounts.add_user(cf, "boss", role="admin", password=None)
-    sid = accounts.open_session(cf, "boss", "127.0.0.1")
-    client = app.test_client()
-    with client.session_transaction() as sess:
-        sess["sid"] = sid
+    client = signed_in_client(cf, "boss")
 
     def page():
         r = client.get(f"/reports?month={MONTH}")

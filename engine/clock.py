@@ -59,6 +59,21 @@ def utcnow() -> datetime:
     return current_clock().now()
 
 
+def parse_moment(value: object, what: str, error: type[Exception] = ValueError) -> datetime:
+    """An aware UTC datetime from an ISO 8601 string with an offset (``Z`` too) or an aware datetime;
+    raises ``error`` naming ``what`` when it is not one or has no time zone."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise error(f"{what} {value!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise error(f"{what} {value!r} has no time zone; write e.g. 2026-03-15T09:30:00+08:00")
+    return moment.astimezone(UTC)
+
+
 @contextlib.contextmanager
 def use_clock(clock: Clock) -> Iterator[Clock]:
     """Make ``clock`` the active clock in this thread for the duration of the block."""

@@ -22,6 +22,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, St
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from engine.clock import parse_moment
 from engine.customers import (
     Customer,
     _active_step,
@@ -99,19 +100,6 @@ class Complaint(Base):
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def _moment(value: Any, what: str) -> datetime:
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"{what} {value!r} is not an ISO 8601 date-time") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{what} {value!r} has no time zone; write e.g. 2026-03-15T09:30:00+08:00")
-    return moment.astimezone(ZoneInfo("UTC"))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -229,7 +217,7 @@ def register_complaint_in(session: Session, data: dict, *, pm, actor: str | None
     if isinstance(data.get("complaint"), dict):  # the whole form data was passed
         data = data["complaint"]
     data = dict(data)
-    received_at = _moment(data["received_at"], "received_at") if data.get("received_at") else now
+    received_at = parse_moment(data["received_at"], "received_at") if data.get("received_at") else now
     if received_at > now + timedelta(minutes=5):
         raise ValueError(f"received_at {received_at.isoformat()} is in the future")
     customer_info = data.get("customer") if isinstance(data.get("customer"), dict) else {}
@@ -298,7 +286,7 @@ def update_complaint_in(session: Session, number: str, *, status: str | None = N
     explicit: dict[str, datetime] = {}
     for key in ("responded_at", "planned_at", "resolved_at", "closed_at"):
         if facts.get(key):
-            explicit[key] = _moment(facts.pop(key), key)
+            explicit[key] = parse_moment(facts.pop(key), key)
     for key, column in _COLUMN_FACTS.items():
         if key in facts and facts[key] is not None:
             setattr(row, column, facts[key] if key != "round" else int(facts[key]))

@@ -7,13 +7,19 @@ Every setting is an environment variable so operators can change it without code
 - ``CAREFLOW_HOME``: folder for the SQLite file and other local state (default ``./instance``).
 - ``CAREFLOW_SCRIPT_TIMEOUT``: CPU seconds a BPMN script or condition may use (default 2).
 - ``CAREFLOW_MAX_BPMN_BYTES``: largest BPMN upload accepted (default 5 MB).
+- ``CAREFLOW_SECRET_KEY``: the deployment secret (web cookies, survey links); default a random
+  key created once in ``$CAREFLOW_HOME/secret_key`` (mode 0600), see ``deployment_secret``.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.errors import CareflowError
 
 
 def _default_home() -> Path:
@@ -51,3 +57,26 @@ class Settings:
             script_timeout_s=float(env.get("CAREFLOW_SCRIPT_TIMEOUT", "2")),
             max_bpmn_bytes=int(env.get("CAREFLOW_MAX_BPMN_BYTES", str(5 * 1024 * 1024))),
         )
+
+
+def deployment_secret(home: Path) -> str:
+    """``CAREFLOW_SECRET_KEY``, else the secret in ``home/secret_key`` (created on first use, mode 0600;
+    safe with many processes starting at once)."""
+    env = os.environ.get("CAREFLOW_SECRET_KEY")
+    if env:
+        return env
+    path = Path(home) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    for _ in range(50):  # another process may be writing it right now
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.02)
+    raise CareflowError(f"{path} is empty; delete it or set CAREFLOW_SECRET_KEY")

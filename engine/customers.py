@@ -46,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from engine import pii
 from engine import step as step_mod
 from engine.audit import AuditEvent, append_events
 from engine.clock import utcnow
@@ -544,33 +545,18 @@ def validate_customer(data: Mapping[str, Any], today: date | None = None) -> dic
 
 
 def mask_phone(phone: str | None) -> str | None:
-    """``13800000000`` -> ``138****0000``; ``010-12345678`` -> ``010-****5678``."""
-    if not phone:
-        return phone
-    if MOBILE_RE.match(phone):
-        return f"{phone[:3]}****{phone[-4:]}"
-    head, sep, rest = phone.partition("-")
-    if sep and len(rest) > 4:
-        number = rest.split("-")[0]
-        return f"{head}-{'*' * (len(number) - 4)}{number[-4:]}"
-    return phone[:3] + "*" * max(len(phone) - 7, 1) + phone[-4:] if len(phone) > 7 else "*" * len(phone)
+    """``13800000000`` -> ``138****0000``; ``010-12345678`` -> ``010-****5678`` (blank stays blank)."""
+    return pii.mask_phone(phone, keep_area_code=True) if phone else phone
 
 
 def mask_email(email: str | None) -> str | None:
-    """``zhang.san@example.com`` -> ``z***@example.com``."""
-    if not email or "@" not in email:
-        return email
-    local, _, domain = email.rpartition("@")
-    return f"{local[:1]}***@{domain}"
+    """``zhang.san@example.com`` -> ``z***@example.com`` (blank stays blank)."""
+    return pii.mask_email(email) if email else email
 
 
 def mask_id(value: str | None) -> str | None:
     """A credit code or ID number with all but the first and last four characters hidden."""
-    if not value:
-        return value
-    if len(value) <= 8:
-        return "*" * len(value)
-    return value[:4] + "*" * (len(value) - 8) + value[-4:]
+    return pii.mask_id_number(value, head=4) if value else value
 
 
 def mask_name(name: str | None) -> str | None:

@@ -44,7 +44,6 @@ from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
 from SpiffWorkflow.bpmn.util.diff import SpecDiff, WorkflowDiff, migrate_workflow
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from engine import step as step_mod
 from engine.audit import append_events
@@ -593,22 +592,12 @@ def _repredict(task) -> None:
 # ------------------------------------------------------------------------------ writing
 
 
-def _lock(cf, session: Session, instance_id: int) -> Instance:
-    q = select(Instance).where(Instance.id == instance_id)
-    if cf.db.dialect.name == "postgresql":
-        q = q.with_for_update()
-    inst = session.scalar(q)
-    if inst is None:
-        raise NotFound(f"no instance {instance_id}")
-    return inst
-
-
 def _migrate_one(cf, pair: _Pair, instance_id: int, by: str, run_id: str) -> InstanceOutcome:
     result = None
     plan = None
     try:
         with cf.Session() as session, session.begin():
-            inst = _lock(cf, session, instance_id)
+            inst = cf._lock_instance(session, instance_id)  # the engine's row lock, as in every step
             moved = _assess_instance(cf, pair, inst)
             plan = moved.plan
             if not plan.movable or moved.workflow is None:

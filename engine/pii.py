@@ -118,11 +118,24 @@ def _is_masked(s: str) -> bool:
     return s == ERASED or ("***" in s and _find(s) is None)
 
 
-def mask_phone(value: Any) -> str:
-    """``13800000000`` → ``138****0000``; landlines ``010-12345678`` → ``010****5678``."""
+_AREA_LANDLINE = re.compile(r"(0[1-9][0-9]{1,2})-([0-9]{7,8})(?:-[0-9]+)?")
+
+
+def mask_phone(value: Any, *, keep_area_code: bool = False) -> str | None:
+    """``13800000000`` → ``138****0000``; landlines ``010-12345678`` → ``010****5678``.
+
+    ``keep_area_code``: a landline written as the customer registry stores it keeps its area
+    code and dash, and drops its extension: ``0571-87651234-12`` → ``0571-****1234``.
+    ``None`` stays ``None``.
+    """
+    if value is None:
+        return value
     s = str(value)
     if _is_masked(s):
         return s
+    if keep_area_code and (m := _AREA_LANDLINE.fullmatch(s)):
+        area, local = m.groups()
+        return f"{area}-{'*' * (len(local) - 4)}{local[-4:]}"
     digits = re.sub(r"\D", "", s)
     if len(digits) == 13 and digits.startswith("86"):
         digits = digits[2:]
@@ -133,8 +146,11 @@ def mask_phone(value: Any) -> str:
     return _stars(s, 0, 0) if s else s
 
 
-def mask_email(value: Any) -> str:
-    """``zhangsan@example.com`` → ``z***@example.com`` (the length of the name is not shown)."""
+def mask_email(value: Any) -> str | None:
+    """``zhangsan@example.com`` → ``z***@example.com`` (the length of the name is not shown).
+    ``None`` stays ``None``."""
+    if value is None:
+        return value
     s = str(value)
     if _is_masked(s):
         return s
@@ -144,14 +160,17 @@ def mask_email(value: Any) -> str:
     return (local[:1] or "*") + "***@" + domain
 
 
-def mask_id_number(value: Any) -> str:
-    """ID card / credit code: ``110101199003071234`` → ``110***********1234``."""
+def mask_id_number(value: Any, *, head: int = 3) -> str | None:
+    """ID card / credit code: ``110101199003071234`` → ``110***********1234``; ``head``: how many
+    leading characters stay (the customer registry shows 4: ``1101**********1234``). ``None`` stays ``None``."""
+    if value is None:
+        return value
     s = str(value)
     if _is_masked(s):
         return s
     compact = re.sub(r"\s", "", s)
     if len(compact) >= 11:
-        return _stars(compact, 3, 4)
+        return _stars(compact, head, 4)
     return _stars(compact, 1, 1)
 
 

@@ -22,14 +22,13 @@ import hmac
 import os
 import re
 import secrets
-import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from engine.config import deployment_secret
 from engine.customers import Customer, audit, mask_name, record_contact, resolve_customer
 from engine.errors import CareflowError, Conflict, NotFound, Problem, ValidationFailed
 from engine.models import Base, BigId, User, UTCDateTime
@@ -146,28 +145,6 @@ def _tz():
 
 
 # ---------------------------------------------------------------------------------- signing
-
-
-def deployment_secret(home: Path) -> str:
-    """``CAREFLOW_SECRET_KEY``, else the secret in ``home/secret_key`` (created on first use, mode 0600)."""
-    env = os.environ.get("CAREFLOW_SECRET_KEY")
-    if env:
-        return env
-    path = Path(home) / "secret_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    for _ in range(50):  # another process may be writing it right now
-        key = path.read_text().strip()
-        if key:
-            return key
-        time.sleep(0.02)
-    raise CareflowError(f"{path} is empty; delete it or set CAREFLOW_SECRET_KEY")
 
 
 def _signing_key(engine: Careflow) -> bytes:

@@ -37,7 +37,7 @@ stops with the first response (the diagnosis is the plan).
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +46,7 @@ from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, UniqueCon
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from engine import sla
+from engine.clock import parse_moment
 from engine.errors import Conflict, NotFound
 from engine.models import Base, BigId, HumanTask, ProcessVersion, UTCDateTime
 from engine.serialization import to_jsonable
@@ -170,16 +171,7 @@ def _cut(value: Any, size: int) -> str | None:
 
 def _moment(value: Any, what: str) -> datetime:
     """An aware UTC datetime from an ISO 8601 string (with offset) or an aware datetime."""
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise TicketError(f"{what} {value!r} is not an ISO 8601 date-time") from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise TicketError(f"{what} {value!r} has no time zone; write e.g. 2026-03-15T09:30:00+08:00")
-    return moment.astimezone(UTC)
+    return parse_moment(value, what, TicketError)
 
 
 def _past_moment(value: Any, what: str, now: datetime) -> datetime:

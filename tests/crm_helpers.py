@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -72,3 +74,25 @@ def audit_rows(cf, action: str) -> list[dict]:
     with cf.Session() as s:
         rows = list(s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq)))
         return entries_to_dicts(s, rows)
+
+
+def race(engines: list, fn: Callable) -> list:
+    """Call ``fn(engine)`` for every engine in a thread of its own, all released at the same moment;
+    close the engines. Returns the results (in the order the calls finished)."""
+    results: list = []
+    barrier = threading.Barrier(len(engines))
+
+    def run(eng):
+        barrier.wait()
+        results.append(fn(eng))
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for e in engines:
+            e.close()
+    return results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import date
 
 import pytest
@@ -16,7 +15,7 @@ from engine.customers import CustomerContact, merge_customers
 from engine.models import OutboxMessage
 from engine.runtime import Careflow
 
-from crm_helpers import add, enterprise, sh, utc
+from crm_helpers import add, enterprise, race, sh, utc
 
 
 @pytest.fixture
@@ -104,22 +103,7 @@ def test_merged_customers_are_not_greeted_twice(crm):
 def test_two_schedulers_at_once_send_each_greeting_once(crm, settings):
     _people(crm)
     engines = [Careflow(settings, clock=FrozenClock(crm.now())) for _ in range(3)]
-    results: list[dict] = []
-    barrier = threading.Barrier(len(engines))
-
-    def run(eng):
-        barrier.wait()
-        results.append(run_care(eng))
-
-    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        for e in engines:
-            e.close()
+    results = race(engines, run_care)
     assert sum(r["sent"] for r in results) == 6
     assert len(_outbox(crm)) == 6 and _contacts(crm) == 6
 

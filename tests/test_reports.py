@@ -12,7 +12,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from report_helpers import NOW, add_team_users, build_month, sh
 from sqlalchemy import select
 
 from careflow.cli import cli
@@ -23,6 +22,7 @@ from engine.runtime import Careflow
 from engine.sla import SlaClockRow
 from engine.tickets import Ticket
 
+from report_helpers import NOW, add_team_users, build_month, sh
 from ticket_helpers import CS, TICKET_BPMN, TS, Flow, diagnosis, intake, remote, revisit
 
 MIN = timedelta(minutes=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import date, timedelta
 
 import pytest
@@ -17,7 +16,7 @@ from engine.models import Instance, OutboxMessage
 from engine.revisits import CustomerRevisit, add_interval, due_moment, start_due_revisits
 from engine.runtime import Careflow
 
-from crm_helpers import FIXTURES, add, add_user, deploy, enterprise, sh, utc
+from crm_helpers import FIXTURES, add, add_user, deploy, enterprise, race, sh, utc
 
 
 @pytest.fixture
@@ -117,22 +116,7 @@ def test_two_schedulers_at_once_start_each_revisit_once(crm, settings):
     for n in range(1, 7):
         add(crm, enterprise(n, annual_spend=50_000, first_contact_date="2025-12-01"))
     engines = [Careflow(settings, clock=FrozenClock(crm.now())) for _ in range(3)]
-    results: list[list[int]] = []
-    barrier = threading.Barrier(len(engines))
-
-    def run(eng):
-        barrier.wait()
-        results.append(start_due_revisits(eng))
-
-    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        for e in engines:
-            e.close()
+    results = race(engines, start_due_revisits)
     assert sorted(i for r in results for i in r) == [i.id for i in _instances(crm)]
     assert len(_instances(crm)) == 6
     assert sorted(r.customer_id for r in _revisits(crm)) == [1, 2, 3, 4, 5, 6]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 from datetime import timedelta
 
 import pytest
@@ -31,7 +30,7 @@ from engine.surveys import (
     validate_answers,
 )
 
-from crm_helpers import ROOT, add, add_user, deploy, enterprise, sh
+from crm_helpers import ROOT, add, add_user, deploy, enterprise, race, sh
 
 GOOD = {"response_speed": 5, "resolution_efficiency": 4, "engineer_expertise": 5, "overall": 5,
         "overall_suggestion": "工程师很专业"}
@@ -187,26 +186,15 @@ def test_two_submissions_at_once_store_one(crm, settings):
     cid = add(crm, enterprise(1))
     token = create_survey_link(crm, cid)["token"]
     engines = [Careflow(settings, clock=FrozenClock(crm.now())) for _ in range(4)]
-    outcomes: list[str] = []
-    barrier = threading.Barrier(len(engines))
 
-    def submit(eng):
-        barrier.wait()
+    def submit(eng) -> str:
         try:
             submit_survey_link(eng, token, GOOD)
-            outcomes.append("stored")
+            return "stored"
         except SurveyLinkUsed:
-            outcomes.append("used")
+            return "used"
 
-    threads = [threading.Thread(target=submit, args=(e,)) for e in engines]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        for e in engines:
-            e.close()
+    outcomes = race(engines, submit)
     assert sorted(outcomes) == ["stored", "used", "used", "used"]
     assert _responses(crm) == 1
 

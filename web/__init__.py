@@ -46,9 +46,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
         app.config["CAREFLOW_ENGINE"] = Careflow()
     if not app.config.get("SECRET_KEY"):
-        from web.config import secret_key_from_home
+        from engine.config import deployment_secret
 
-        app.config["SECRET_KEY"] = secret_key_from_home(app.config["CAREFLOW_ENGINE"].settings.home)
+        app.config["SECRET_KEY"] = deployment_secret(app.config["CAREFLOW_ENGINE"].settings.home)
     security.init_app(app)
     i18n.init_app(app)
     auth.init_app(app)

@@ -191,24 +191,6 @@ def can_admin(p: Principal) -> bool:
     return p.role == "admin"
 
 
-def mask_phone(value: str | None) -> str | None:
-    """``13812345678`` → ``138****5678`` (keeps the first 3 and last 4 digits)."""
-    if not value:
-        return value
-    s = str(value)
-    if len(s) <= 7:
-        return "*" * len(s)
-    return s[:3] + "*" * (len(s) - 7) + s[-4:]
-
-
-def mask_email(value: str | None) -> str | None:
-    """``zhang@example.com`` → ``z***@example.com``."""
-    if not value or "@" not in str(value):
-        return value
-    local, _, domain = str(value).partition("@")
-    return (local[:1] + "***@" + domain) if local else "***@" + domain
-
-
 def report_teams(p: Principal, teams: list[str]) -> list[str | None]:
     """The teams whose monthly reports ``p`` may see (``None`` = every team).
 

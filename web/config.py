@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +52,3 @@ def load_config() -> dict[str, Any]:
         "BABEL_TRANSLATION_DIRECTORIES": str(Path(__file__).parent / "translations"),
         "JSON_SORT_KEYS": False,
     }
-
-
-def secret_key_from_home(home: Path) -> str:
-    """The deployment's persistent secret key, created on first use (safe with many workers)."""
-    path = Path(home) / "secret_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    for _ in range(50):  # another worker may be writing it right now
-        key = path.read_text().strip()
-        if key:
-            return key
-        import time
-
-        time.sleep(0.02)
-    raise RuntimeError(f"{path} is empty; delete it or set CAREFLOW_SECRET_KEY")

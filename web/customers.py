@@ -17,6 +17,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 from flask_babel import gettext as _
 from sqlalchemy import select
 
+from engine import pii
 from engine.models import HumanTask
 from web import authz
 from web.auth import current, engine, require_login
@@ -63,12 +64,10 @@ def _plain(value: Any) -> Any:
 
 
 def mask_value(key: str, value: Any) -> Any:
-    """Mask a personal-data value by its key (phones keep 3+4 digits, e-mails the domain)."""
+    """Mask a personal-data value by its key (phones keep 3+4 digits, e-mails the domain), as ``engine.pii`` does."""
     if value is None or key not in PII_KEYS:
         return value
-    if "email" in key:
-        return authz.mask_email(str(value))
-    return authz.mask_phone(str(value))
+    return pii.mask_value(key, str(value))
 
 
 def customer_context(data: dict, task: dict, p: authz.Principal) -> dict:

@@ -8,11 +8,11 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from engine import inbox as engine_inbox
+from engine import pii as engine_pii
 from engine.errors import NotFound
 from engine.models import Instance, ProcessVersion
 from web import authz
 from web.auth import current, engine, require_login
-from web.customers import PII_KEYS, mask_value
 from web.diagram import process_file, with_layout
 
 bp = Blueprint("instances", __name__)
@@ -59,15 +59,8 @@ def visible_instance(instance_id: int) -> tuple[dict, list[dict]]:
 
 
 def mask_data(data, pii: bool):
-    """Instance data (or a data diff) with personal data masked for roles that may not see it."""
-    if pii:
-        return data
-    if isinstance(data, dict):
-        return {k: (mask_value(k, v) if k in PII_KEYS and not isinstance(v, (dict, list)) else mask_data(v, pii))
-                for k, v in data.items()}
-    if isinstance(data, list):
-        return [mask_data(v, pii) for v in data]
-    return data
+    """Instance data (or a data diff) with personal data masked (``engine.pii``) for roles that may not see it."""
+    return data if pii else engine_pii.mask_data(data)
 
 
 @bp.route("/instances")

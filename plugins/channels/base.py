@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import abc
 
+from engine.pii import mask_email, mask_phone
+
+__all__ = ["Channel", "PermanentDeliveryError", "mask_email", "mask_phone"]  # masking: engine.pii
+
 
 class PermanentDeliveryError(Exception):
     """A delivery failure a retry cannot fix (address refused, request rejected): the
@@ -29,19 +33,3 @@ class Channel(abc.ABC):
     def describe(self) -> str:
         """Where this channel sends to, for ``careflow plugins`` (no secrets)."""
         return self.name
-
-
-def mask_email(value: str) -> str:
-    """``zhangsan@example.com`` → ``z***@example.com``."""
-    local, at, domain = str(value).partition("@")
-    return (local[:1] or "*") + "***@" + domain if at else "***"
-
-
-def mask_phone(value: str) -> str:
-    """``13800000000`` → ``138****0000``."""
-    digits = "".join(ch for ch in str(value) if ch.isdigit())
-    if len(digits) < 7:
-        return "***"
-    if len(digits) >= 11:
-        return digits[:3] + "****" + digits[-4:]
-    return digits[:2] + "****" + digits[-2:]

@@ -14,15 +14,11 @@ import io
 import json
 import re
 import shutil
-import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 from sqlalchemy import select, text
-from test_web_browser import CHROMIUM, CHROMIUM_ARGS
-from werkzeug.serving import make_server
 
 from engine import inbox
 from engine.audit_verify import AuditVerification
@@ -31,14 +27,13 @@ from engine.deploy import Bundle
 from engine.models import HumanTask, Incident, ProcessVersion
 from engine.runtime import Careflow
 
-from webtools import FIXTURES, PASSWORD, ROOT, AuthActions, add_users, make_app
+from webtools import FIXTURES, OUT, AuthActions, add_users, make_app, serve, sign_in
 
 T0 = datetime(2024, 3, 14, 9, 0, tzinfo=UTC)  # 17:00 in Shanghai
 LATE = datetime(2024, 3, 15, 17, 30, tzinfo=UTC)  # 2024-03-16 01:30 in Shanghai: the next local day
 PHONE, EMAIL, ID_NUMBER = "13800000000", "zhang@example.com", "110101199003071234"
 MASKED = ("138****0000", "z***@example.com", "110***********1234")
 CLEAR = (PHONE, EMAIL, ID_NUMBER)
-OUT = ROOT / "test-output"
 
 
 def build_world(settings, tmp_path) -> tuple[Careflow, FrozenClock, dict]:
@@ -477,35 +472,12 @@ def test_export_streams_without_blocking_writers(world):
 
 # -- the browser -----------------------------------------------------------------------------------
 @pytest.fixture
-def browser():
-    """Headless Debian Chromium with the flags of test_web_browser.py."""
-    if not Path(CHROMIUM).exists():
-        import os
-
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
 def live_world(settings, tmp_path, monkeypatch):
     """The world served over real HTTP (127.0.0.1, a free port)."""
     monkeypatch.setenv("CAREFLOW_INSECURE_COOKIES", "1")
     cf, _clock, ids = build_world(settings, tmp_path)
-    app = make_app(cf)
-    app.config["TESTING"] = False
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}", "cf": cf, **ids}
-    server.shutdown()
-    thread.join(5)
+    with serve(make_app(cf)) as base:
+        yield {"url": base, "cf": cf, **ids}
     cf.close()
 
 
@@ -527,11 +499,7 @@ def test_browser_history_step_moves_the_diagram_marker(live_world, browser):
     page.on("response", lambda r: problems.append(f"{r.url}: {r.status}")
             if r.status >= 400 and r.request.resource_type != "document" else None)
 
-    page.goto(base + "/login")
-    page.fill("#username", "root")
-    page.fill("#password", PASSWORD)
-    page.click("button.primary[type=submit]")
-    page.wait_for_url(re.compile(r".*/tasks$"))
+    sign_in(page, base, "root")
     page.get_by_role("link", name="审计").click()
     page.wait_for_url(re.compile(r".*/audit$"))
     assert "尚未校验" in page.locator("#verification").inner_text()

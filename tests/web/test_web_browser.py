@@ -4,69 +4,14 @@ the supervisor sees the next task. Screenshots go to ``test-output/``."""
 
 from __future__ import annotations
 
-import os
 import re
-import threading
-from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from webtools import FIXTURES, PASSWORD, ROOT, add_users, make_app
+from webtools import screenshot, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUT = ROOT / "test-output"
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium (the Debian package the test command installs)."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def live_server(cf, monkeypatch):
-    """The app on a real HTTP server (127.0.0.1, a free port, plain http like the run command)."""
-    monkeypatch.setenv("CAREFLOW_INSECURE_COOKIES", "1")
-    add_users(cf)
-    cf.deploy([FIXTURES / "simple.bpmn"], author="test")
-    app = make_app(cf)
-    app.config["TESTING"] = False  # errors are handled as in production
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
-def _sign_in(page, base: str, user: str) -> None:
-    page.goto(base + "/login")
-    page.fill("#username", user)
-    page.fill("#password", PASSWORD)
-    page.click("button.primary[type=submit]")
-    page.wait_for_url(re.compile(r".*/tasks$"))
-
-
-def _shot(page, name: str) -> Path:
-    OUT.mkdir(exist_ok=True)
-    path = OUT / name
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 20_000, f"{path} looks empty"
-    return path
 
 
 def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browser):
@@ -81,11 +26,11 @@ def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browse
     page.on("response", lambda r: problems.append(f"{r.url}: {r.status}")
             if r.status >= 400 and r.request.resource_type != "document" else None)
 
-    _sign_in(page, live_server, "ann")
+    sign_in(page, live_server, "ann")
     row = page.locator("#inbox-table tbody tr").first
     assert "登记" in row.inner_text() and "上海示例科技有限公司" in row.inner_text()
     assert "剩余" in row.locator(".sla").inner_text()
-    _shot(page, "inbox.png")
+    screenshot(page, "inbox.png", full_page=True)
 
     row.get_by_role("button", name="领取").click()
     page.wait_for_url(re.compile(r".*/tasks/[0-9a-f-]+$"))
@@ -101,7 +46,7 @@ def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browse
     assert page.input_value("#f-amount") == "-5"  # input kept
     assert page.input_value("#f-email") == "zhang@example.com"
     assert page.locator(".field.has-error").count() == 1
-    _shot(page, "task.png")
+    screenshot(page, "task.png", full_page=True)
 
     page.fill("#f-amount", "500")
     page.click("#complete-button")
@@ -112,7 +57,7 @@ def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browse
 
     page.locator("form[action='/logout'] button").click()
     page.wait_for_url(re.compile(r".*/login$"))
-    _sign_in(page, live_server, "sam")
+    sign_in(page, live_server, "sam")
     row = page.locator("#inbox-table tbody tr").first
     assert "审批" in row.inner_text()
     row.get_by_role("link", name="审批").click()
@@ -127,7 +72,7 @@ def test_agent_completes_intake_supervisor_sees_approval(cf, live_server, browse
     page.wait_for_selector("#diagram[data-rendered=true]", timeout=15_000)
     assert page.locator("#diagram .djs-element.cf-done").count() >= 3
     assert "任务已领取" in page.locator("#history").inner_text()
-    _shot(page, "instance.png")
+    screenshot(page, "instance.png", full_page=True)
     assert not problems, problems  # no script errors, no CSP violations
     context.close()
 
@@ -138,7 +83,7 @@ def test_english_and_stale_task(cf, live_server, browser):
     task_id = result.ready_tasks[0]["id"]
     context = browser.new_context(locale="en-US")
     page = context.new_page()
-    _sign_in(page, live_server, "ann")
+    sign_in(page, live_server, "ann")
     assert "My inbox" in page.content()
     page.goto(f"{live_server}/tasks/{task_id}")
     page.locator("#claim-button").click()
@@ -184,7 +129,7 @@ def test_customer_answers_the_survey_on_a_phone(cf, live_server, browser):
     page.locator("#f-engineer_expertise summary").click()
     page.fill("#f-engineer_expertise_suggestion", "希望工程师讲解更详细")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
-    _shot(page, "survey.png")
+    screenshot(page, "survey.png", full_page=True)
     page.click("#survey-submit")
     page.locator("#f-overall-error").wait_for()
     assert page.locator("#f-resolution_efficiency").get_by_role("radio", name="5 – 非常满意").is_checked()

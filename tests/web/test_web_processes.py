@@ -12,24 +12,20 @@ import http.client
 import io
 import json
 import re
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.cookiejar import CookieJar
-from pathlib import Path
 
 import pytest
 from lxml import etree
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 
 from engine.models import ProcessVersion
 from engine.versions import get_version_files
 
 from migration_helpers import at_diagnose, at_intake, only_task, run_to_end
 from migration_helpers import deploy as deploy_fixture
-from webtools import FIXTURES, PASSWORD, ROOT, AuthActions, add_users, make_app
+from webtools import FIXTURES, AuthActions, screenshot, sign_in
 
 OTHER = FIXTURES / "other_modelers"
 BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -502,7 +498,7 @@ def test_only_process_owners_and_admins_edit_deploy_upload_and_migrate(app, cf, 
     assert cf.show(iid)["version"] == (2 if allowed else 1)
 
 
-def test_signed_out_users_are_sent_to_sign_in(client, login):
+def test_signed_out_users_are_sent_tosign_in(client, login):
     assert client.get("/processes").status_code == 302
     assert login.post("/processes/upload", {}).status_code == 401
 
@@ -528,60 +524,6 @@ def test_oversized_request_is_answered_without_reading_the_body(live_server):
 
 # ------------------------------------------------------------------------------ browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUT = ROOT / "test-output"
-
-
-class LiveServer(str):
-    """The base URL of the app on a real HTTP server, with a helper to sign in over HTTP."""
-
-    def session(self, user: str) -> tuple[str, str, str]:
-        """Sign in through the real form; returns (base url, Cookie header, CSRF token)."""
-        jar = CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        page = opener.open(self + "/login").read().decode("utf-8")
-        token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
-        form = urllib.parse.urlencode({"username": user, "password": PASSWORD, "csrf_token": token}).encode()
-        page = opener.open(self + "/login", data=form).read().decode("utf-8")
-        token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
-        return str(self), "; ".join(f"{c.name}={c.value}" for c in jar), token
-
-
-@pytest.fixture
-def live_server(cf, monkeypatch):
-    """The app on a real HTTP server (127.0.0.1, a free port, plain http like the run command)."""
-    monkeypatch.setenv("CAREFLOW_INSECURE_COOKIES", "1")
-    add_users(cf)
-    cf.deploy([FIXTURES / "simple.bpmn"], author="test")
-    app = make_app(cf)
-    app.config["TESTING"] = False  # errors are handled as in production
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield LiveServer(f"http://127.0.0.1:{server.server_port}")
-    server.shutdown()
-    thread.join(5)
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium (the Debian package the test command installs)."""
-    import os
-
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 def _watch(page) -> list[str]:
     problems: list[str] = []  # script errors, CSP violations, failing scripts/styles/data
     page.on("console", lambda m: problems.append(f"{page.url}: {m.text}")
@@ -593,14 +535,6 @@ def _watch(page) -> list[str]:
     return problems
 
 
-def _shot(page, name: str, full_page: bool = False) -> Path:
-    OUT.mkdir(exist_ok=True)
-    path = OUT / name
-    page.screenshot(path=str(path), full_page=full_page)
-    assert path.stat().st_size > 20_000, f"{path} looks empty"
-    return path
-
-
 @pytest.mark.browser
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_modeler_in_a_browser_changes_a_label_and_deploys(cf, live_server, browser):
@@ -609,7 +543,7 @@ def test_modeler_in_a_browser_changes_a_label_and_deploys(cf, live_server, brows
     context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
     page = context.new_page()
     problems = _watch(page)
-    _sign_in(page, live_server, "olga")
+    sign_in(page, live_server, "olga")
 
     page.goto(live_server + "/processes/simple_review/versions/1/edit")
     page.wait_for_selector("#canvas[data-ready=true]", timeout=15_000)
@@ -627,14 +561,14 @@ def test_modeler_in_a_browser_changes_a_label_and_deploys(cf, live_server, brows
     page.locator(".modeler-status.ok").wait_for(timeout=15_000)
     assert "已部署版本 2" in page.locator(".modeler-status.ok").inner_text()
     assert page.locator("#base-version").inner_text() == "基于 v2" and page.url.endswith("/versions/2/edit")
-    _shot(page, "modeler.png")
+    screenshot(page, "modeler.png")
 
     page.click("#saved-versions-link")
     page.wait_for_url(re.compile(r".*/processes/simple_review/versions$"))
     first = page.locator("#versions-table tbody tr").first
     assert first.get_attribute("data-version") == "2"
     assert "clearer intake name" in first.inner_text() and "olga" in first.inner_text()
-    _shot(page, "versions.png")
+    screenshot(page, "versions.png")
     started = cf.start("simple_review", {"customer": "ACME"}, actor="test")
     assert started.ready_tasks[0]["title"] == "登记工单 / Register ticket"
 
@@ -643,17 +577,9 @@ def test_modeler_in_a_browser_changes_a_label_and_deploys(cf, live_server, brows
     assert page.locator("#diagram-b .djs-element.cf-changed[data-element-id=intake]").count() == 1
     assert page.locator("#diagram-a .djs-element.cf-changed[data-element-id=intake]").count() == 1
     assert "Register ticket" in page.locator("#element-changes").inner_text()
-    _shot(page, "diff.png", full_page=True)
+    screenshot(page, "diff.png", full_page=True)
     assert not problems, problems
     context.close()
-
-
-def _sign_in(page, base: str, user: str) -> None:
-    page.goto(base + "/login")
-    page.fill("#username", user)
-    page.fill("#password", PASSWORD)
-    page.click("button.primary[type=submit]")
-    page.wait_for_url(re.compile(r".*/tasks$"))
 
 
 @pytest.mark.browser
@@ -664,7 +590,7 @@ def test_modeler_shows_problems_on_the_diagram_and_edits_forms(cf, live_server, 
     context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-US")
     page = context.new_page()
     problems = _watch(page)
-    _sign_in(page, live_server, "olga")
+    sign_in(page, live_server, "olga")
     page.goto(live_server + "/processes/simple_review/versions/1/edit")
     page.wait_for_selector("#canvas[data-ready=true]", timeout=15_000)
 
@@ -685,7 +611,7 @@ def test_modeler_shows_problems_on_the_diagram_and_edits_forms(cf, live_server, 
         assert page.locator(f".djs-overlay-container [data-container-id={element_id}] .cf-problem-badge").count() == 1
     page.locator("#problems > li[data-element-id=approve]").click()  # a problem selects its element
     assert page.locator("#props-body .props-head").inner_text().endswith("approve")
-    _shot(page, "modeler-problems.png")
+    screenshot(page, "modeler-problems.png")
     assert version_count(cf) == 1
 
     page.select_option("#prop-form", "__new__")  # a new form for the approval, edited in the browser
@@ -704,7 +630,7 @@ def test_modeler_shows_problems_on_the_diagram_and_edits_forms(cf, live_server, 
     page.locator("#fd-preview input[name=reason]").wait_for()
     assert page.locator("#fd-status.ok").count() == 1 and page.locator("#fd-problems li").count() == 0
     assert "Approved" in page.locator("#fd-preview").inner_text()
-    _shot(page, "form-editor.png")
+    screenshot(page, "form-editor.png")
     page.click("#fd-apply")
     assert page.locator("#prop-form").input_value() == "approval-decision.schema.json"
     page.select_option("#prop-lane", "Lane_cs")  # the approval moves to customer service, its timer with it
@@ -737,11 +663,11 @@ def test_migration_page_runs_batches_with_progress(cf, live_server, browser):
     context = browser.new_context(viewport={"width": 1366, "height": 900}, locale="zh-CN")
     page = context.new_page()
     problems = _watch(page)
-    _sign_in(page, live_server, "root")
+    sign_in(page, live_server, "root")
     page.goto(live_server + "/processes/mig_ticket/migrate?from=1&to=2")
     assert page.locator("#plan-table tbody tr").count() == 5
     assert not page.locator(f"#sel-{stuck}").is_checked()
-    _shot(page, "migrate-dry-run.png", full_page=True)
+    screenshot(page, "migrate-dry-run.png", full_page=True)
     page.check("#select-all")
     assert page.locator(f"#sel-{stuck}").is_checked()
     page.click("#migrate-selected")
@@ -751,7 +677,7 @@ def test_migration_page_runs_batches_with_progress(cf, live_server, browser):
     assert page.locator(f"tr[data-instance='{stuck}'].done-failed").count() == 1
     assert "removes it" in page.locator(f"tr[data-instance='{stuck}'] .outcome").inner_text()
     assert page.locator("tr.done-ok").count() == 4
-    _shot(page, "migrate-done.png", full_page=True)
+    screenshot(page, "migrate-done.png", full_page=True)
     assert {cf.show(i)["version"] for i in [ahead, *more]} == {2} and cf.show(stuck)["version"] == 1
     assert not problems, problems
     context.close()
@@ -764,10 +690,10 @@ def test_upload_in_a_browser(cf, live_server, browser):
     context = browser.new_context(viewport={"width": 1366, "height": 900}, locale="en-US")
     page = context.new_page()
     problems = _watch(page)
-    _sign_in(page, live_server, "olga")
+    sign_in(page, live_server, "olga")
     page.goto(live_server + "/processes")
     assert "simple_review" in page.locator("#processes-table").inner_text()
-    _shot(page, "processes.png")
+    screenshot(page, "processes.png")
     page.click("#upload-link")
     page.set_input_files("#f-bpmn", str(OTHER / "camunda7_ticket.bpmn"))
     page.fill("#f-comment", "from Camunda 7")
@@ -777,7 +703,7 @@ def test_upload_in_a_browser(cf, live_server, browser):
     assert listed.count() >= 2
     assert "JUEL (Camunda 7)" in page.locator("#upload-problem-list").inner_text()
     assert page.input_value("#f-comment") == "from Camunda 7"
-    _shot(page, "upload.png", full_page=True)
+    screenshot(page, "upload.png", full_page=True)
     assert version_count(cf) == 1
     assert not problems, problems
     context.close()

@@ -9,21 +9,19 @@ import csv
 import io
 import re
 import sys
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from webtools import FIXTURES, PASSWORD, ROOT, USERS, AuthActions, add_users, make_app
+from webtools import FIXTURES, ROOT, USERS, AuthActions, add_users, make_app, serve, sign_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from report_helpers import NOW, add_team_users, build_month  # noqa: E402
-
 from engine import reports  # noqa: E402
 from engine.clock import FrozenClock  # noqa: E402
 from engine.runtime import Careflow  # noqa: E402
+
+from report_helpers import NOW, add_team_users, build_month  # noqa: E402
 
 MONTH = "month=2026-03"
 T8 = "SN20260325001"  # technical support's only (registered by the web portal, engineer tina)
@@ -242,40 +240,12 @@ def test_signed_out_goes_to_sign_in(rclient):
 
 # ---------------------------------------------------------------------------------------- browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium (the Debian package the test command installs), as in test_web_browser.py."""
-    import os
-
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def live_server(rcf, monkeypatch):
-    """The app on a real HTTP server (127.0.0.1, a free port)."""
+    """The reports app on a real HTTP server (127.0.0.1, a free port)."""
     monkeypatch.setenv("CAREFLOW_INSECURE_COOKIES", "1")
-    app = make_app(rcf)
-    app.config["TESTING"] = False
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+    with serve(make_app(rcf)) as base:
+        yield base
 
 
 @pytest.mark.browser
@@ -289,11 +259,7 @@ def test_reports_page_in_a_browser(live_server, browser):
     page.on("console", lambda m: problems.append(f"{page.url}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"{page.url}: {e}"))
     page.on("response", lambda r: problems.append(f"{r.url}: {r.status}") if r.status >= 400 else None)
-    page.goto(live_server + "/login")
-    page.fill("#username", "root")
-    page.fill("#password", PASSWORD)
-    page.click("button.primary[type=submit]")
-    page.wait_for_url(re.compile(r".*/tasks$"))
+    sign_in(page, live_server, "root")
     page.get_by_role("link", name="统计报表").click()
     page.wait_for_url(re.compile(r".*/reports$"))
     page.select_option("#f-month", "2026-03")

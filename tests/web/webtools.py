@@ -1,10 +1,19 @@
-"""Helpers of the web tests (users, sign-in through the real forms, starting processes)."""
+"""Helpers of the web tests (users, sign-in through the real forms, starting processes, the app on a
+real HTTP server and the headless Chromium of the browser tests)."""
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookiejar import CookieJar
 from pathlib import Path
+
+from werkzeug.serving import make_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +25,11 @@ from engine import accounts  # noqa: E402
 from web import create_app  # noqa: E402
 
 PASSWORD = "correct horse 1"
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test.sh installs it
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUT = ROOT / "test-output"  # screenshots of the browser tests
 
 USERS = [
     # username, role, groups, supervisor
@@ -88,3 +102,51 @@ def start_simple(cf, **data) -> dict:
     task = dict(result.ready_tasks[0])
     task["instance_id"] = result.instance_id
     return task
+
+
+class LiveServer(str):
+    """The base URL of the app on a real HTTP server, with a helper to sign in over HTTP."""
+
+    def session(self, user: str) -> tuple[str, str, str]:
+        """Sign in through the real form; returns (base url, Cookie header, CSRF token)."""
+        jar = CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(self + "/login").read().decode("utf-8")
+        token = _TOKEN.search(page).group(1)
+        form = urllib.parse.urlencode({"username": user, "password": PASSWORD, "csrf_token": token}).encode()
+        page = opener.open(self + "/login", data=form).read().decode("utf-8")
+        token = _TOKEN.search(page).group(1)
+        return str(self), "; ".join(f"{c.name}={c.value}" for c in jar), token
+
+
+@contextmanager
+def serve(app) -> Iterator[LiveServer]:
+    """Serve ``app`` on a real HTTP server (127.0.0.1, a free port), errors handled as in production.
+    Create the app with ``CAREFLOW_INSECURE_COOKIES=1`` set: the server speaks plain http."""
+    app.config["TESTING"] = False
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def sign_in(page, base: str, user: str) -> None:
+    """Sign in through the real form in a browser page and wait for the inbox."""
+    page.goto(base + "/login")
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.click("button.primary[type=submit]")
+    page.wait_for_url(re.compile(r".*/tasks$"))
+
+
+def screenshot(page, name: str, *, full_page: bool = False) -> Path:
+    """Save a screenshot to ``test-output/name`` and check it is not empty."""
+    OUT.mkdir(exist_ok=True)
+    path = OUT / name
+    page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 20_000, f"{path} looks empty"
+    return path
