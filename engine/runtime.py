@@ -43,6 +43,7 @@ from engine.config import Settings
 from engine.db import make_engine, make_session_factory, upgrade_database
 from engine.deploy import Bundle, DeployResult, deploy_bundle
 from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
+from engine.fastpath import accelerate
 from engine.inbox import task_facets
 from engine.models import AuditEntry, HumanTask, Incident, Instance, OutboxMessage, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
@@ -166,7 +167,7 @@ class Careflow:
             if pv is None:
                 raise NotFound(f"process '{process_id}' has no version {version}")
         loaded = self.specs.get(session, pv.id)
-        wf = BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine)
+        wf = accelerate(BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine))
         wf.task_tree.data.update(copy.deepcopy(data or {}))
         now = self.now()
         inst = Instance(process_version_id=pv.id, process_id=pv.process_id, status="running", revision=0,
@@ -446,7 +447,7 @@ class Careflow:
                 hit = self._wf_cache.pop(inst.id, None)
             if hit and hit[0] == inst.revision:
                 return hit[1]
-        wf = load_state(inst.state, loaded.spec, loaded.subprocess_specs)
+        wf = accelerate(load_state(inst.state, loaded.spec, loaded.subprocess_specs))
         wf.script_engine = self.script_engine
         return wf
 

@@ -48,12 +48,14 @@ class _TaskDictCache:
                 key = (task.state, task.last_state_change, tuple(task._children), task.triggered, parent_finished)
                 hit = cache.get(tid)
                 if hit is not None and hit[0] == key:
-                    tasks[str(tid)] = hit[1]
+                    tasks[hit[2]] = hit[1]
                     continue
                 dct = convert(task)
                 if not parent_finished and parent is not None:
                     dct["data"], dct["delta"] = task.data, {}
-                cache[tid] = (key, dct)
+                cache[tid] = (key, dct, dct["id"])
+                tasks[dct["id"]] = dct
+                continue
             else:
                 dct = convert(task)
             tasks[str(tid)] = dct
