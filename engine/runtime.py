@@ -40,7 +40,7 @@ from engine import step as step_mod
 from engine.audit import append_events, data_diff, entry_to_dict
 from engine.clock import Clock, current_clock, use_clock
 from engine.config import Settings
-from engine.db import make_engine, make_session_factory, upgrade_database
+from engine.db import make_engine, make_read_session_factory, make_session_factory, upgrade_database
 from engine.deploy import Bundle, DeployResult, deploy_bundle
 from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
 from engine.fastpath import accelerate
@@ -90,6 +90,7 @@ class Careflow:
         self.settings = settings or Settings.from_env()
         self.db = make_engine(self.settings.database_url)
         self.Session = make_session_factory(self.db)
+        self.ReadSession = make_read_session_factory(self.db)  # queries that never write
         if plugin_manager is None:
             from plugins.manager import get_plugin_manager
 
@@ -191,7 +192,7 @@ class Careflow:
         """
         from engine.models import GroupMembership
 
-        with self.Session() as session:
+        with self.ReadSession() as session:
             q = select(HumanTask)
             if status:
                 q = q.where(HumanTask.status == status)
@@ -214,7 +215,7 @@ class Careflow:
 
     def task(self, task_id: str) -> dict:
         """One human task by id, with its form inline."""
-        with self.Session() as session:
+        with self.ReadSession() as session:
             row = session.get(HumanTask, task_id)
             if row is None:
                 raise NotFound(f"no task {task_id}")
@@ -308,7 +309,7 @@ class Careflow:
     def due_timer_instances(self, now: datetime | None = None, limit: int = 100) -> list[int]:
         """Ids of instances with a waiting timer due at ``now`` (index scan, no deserializing)."""
         now = now or self.now()
-        with self.Session() as session:
+        with self.ReadSession() as session:
             return list(session.scalars(select(Timer.instance_id).where(Timer.status == "waiting",
                                                                         Timer.due_at <= now)
                                         .group_by(Timer.instance_id).order_by(func.min(Timer.due_at)).limit(limit)))
@@ -406,7 +407,7 @@ class Careflow:
     # -- reading -----------------------------------------------------------------------------
     def show(self, instance_id: int) -> dict:
         """An instance: process, version, status, data (from its state), ready tasks."""
-        with self.Session() as session:
+        with self.ReadSession() as session:
             inst = session.get(Instance, instance_id)
             if inst is None:
                 raise NotFound(f"no instance {instance_id}")
@@ -423,7 +424,7 @@ class Careflow:
 
     def audit(self, instance_id: int | None = None, *, limit: int | None = None) -> list[dict]:
         """Audit rows in sequence order (of one instance, or all)."""
-        with self.Session() as session:
+        with self.ReadSession() as session:
             q = select(AuditEntry).order_by(AuditEntry.seq)
             if instance_id is not None:
                 q = q.where(AuditEntry.instance_id == instance_id)

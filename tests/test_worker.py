@@ -44,7 +44,7 @@ def _open_overdue_subjects(cf, n: int, started_at, prefix="SN") -> None:
 
 
 def _counts(cf) -> dict[str, int]:
-    with cf.Session() as s:
+    with cf.ReadSession() as s:  # a snapshot: polling must not queue for the worker's write lock
         return {
             "timers_fired": s.scalar(select(func.count()).select_from(Timer).where(Timer.status == "fired")),
             "escalations": s.scalar(select(func.count()).select_from(SlaEscalation)),
