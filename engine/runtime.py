@@ -80,6 +80,7 @@ class StepResult:
     revision: int
     ready_tasks: list[dict]
     audit_rows: list = field(default_factory=list, repr=False)
+    workflow: BpmnWorkflow | None = field(default=None, repr=False)  # cached by _after_commit, never before
 
 
 class Careflow:
@@ -565,8 +566,7 @@ class Careflow:
                                       attempts=0, next_attempt_at=now, created_at=now))
         audit_rows = append_events(session, step.events)
         session.flush()
-        self._remember(inst.id, values["revision"], wf)
-        return StepResult(inst.id, status, values["revision"], ready, audit_rows)
+        return StepResult(inst.id, status, values["revision"], ready, audit_rows, wf)
 
     def _sync_human_tasks(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
                           completed: set[str]) -> list[dict]:
@@ -689,7 +689,14 @@ class Careflow:
             append_events(session, step.events)
 
     def _after_commit(self, result: StepResult | None) -> None:
-        """Tell audit observers about the rows a committed step wrote."""
+        """After a step committed: cache its workflow by the new revision, tell audit observers.
+
+        Caching only here means a failed commit can never leave in the cache a workflow
+        whose revision another process may then commit with different content.
+        """
+        if result is not None and result.workflow is not None:
+            self._remember(result.instance_id, result.revision, result.workflow)
+            result.workflow = None
         rows = result.audit_rows if result else []
         if not rows or not self.pm.hook.careflow_audit_event.get_hookimpls():
             return
