@@ -616,7 +616,6 @@ def _migrate_one(cf, pair: _Pair, instance_id: int, by: str, run_id: str) -> Ins
     except NotFound as err:
         return InstanceOutcome(instance_id, False, [str(err)], plan)
     except Exception as err:
-        cf._forget(instance_id)  # its cached workflow may belong to the rolled-back transaction
         log.exception("migrating instance %s failed", instance_id)
         reasons = [f"{type(err).__name__}: {err}" if not isinstance(err, CareflowError) else str(err)]
         _record_failure(cf, instance_id, pair, by, run_id, reasons, plan)

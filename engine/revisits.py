@@ -269,14 +269,10 @@ def _start_scheduled(engine: Careflow, customer_id: int, now: datetime) -> int |
             rv.instance_id = result.instance_id
             c.revisit_due_at = next_due(c, now, after=max(due_at, now))
     except IntegrityError:
-        _forget(engine, result)
         return None  # the same revisit was started by another scheduler
     except _StartFailed as failed:
         _record_failure(engine, customer_id, failed.rv, now, failed.error)
         return None
-    except Exception:
-        _forget(engine, result)
-        raise
     engine._after_commit(result)
     return result.instance_id
 
@@ -301,16 +297,8 @@ def _start_requested(engine: Careflow, revisit_id: int, now: datetime) -> int | 
     except _StartFailed as failed:
         _record_failure(engine, None, failed.rv, now, failed.error)
         return None
-    except Exception:
-        _forget(engine, result)
-        raise
     engine._after_commit(result)
     return result.instance_id
-
-
-def _forget(engine: Careflow, result: StepResult | None) -> None:
-    if result is not None:
-        engine._forget(result.instance_id)  # its cached workflow belongs to a rolled-back transaction
 
 
 def _record_failure(engine: Careflow, customer_id: int | None, rv: dict, now: datetime, err: Exception) -> None:

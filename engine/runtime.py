@@ -460,6 +460,7 @@ class Careflow:
                 self._wf_cache.popitem(last=False)
 
     def _forget(self, instance_id: int) -> None:
+        """Drop an instance's cached workflow (a step's ``_load`` takes it out while it runs)."""
         with self._wf_cache_lock:
             self._wf_cache.pop(instance_id, None)
 
@@ -558,7 +559,6 @@ class Careflow:
             res = session.execute(update(Instance).where(Instance.id == inst.id,
                                                          Instance.revision == expected_revision).values(**values))
             if res.rowcount != 1:
-                self._forget(inst.id)
                 raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
         for m in step.messages:
             session.add(OutboxMessage(idempotency_key=m.key, instance_id=inst.id, topic=m.topic, channel=m.channel,
@@ -676,7 +676,6 @@ class Careflow:
 
     def _fail_instance(self, instance_id: int, err: Exception, actor: str) -> None:
         """Mark an instance failed (its last committed state is kept) and raise an incident."""
-        self._forget(instance_id)
         with self.Session() as session, session.begin():
             inst = self._lock_instance(session, instance_id)
             now = self.now()

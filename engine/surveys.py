@@ -310,51 +310,46 @@ def _store(engine: Careflow, clean: dict, *, link_id: str | None, customer_id: A
     now = engine.now()
     result: StepResult | None = None
     missing_process = False
-    try:
-        with engine.Session() as session, session.begin():
-            if link_id is not None:
-                link = _check_link(session, link_id, now)
-                used = session.execute(update(SurveyLink).where(SurveyLink.id == link_id, SurveyLink.used_at.is_(None),
-                                                                SurveyLink.expires_at > now).values(used_at=now))
-                if used.rowcount != 1:  # someone else used it between our read and our update
-                    with engine.Session() as again:
-                        _check_link(again, link_id, now)
-                    raise _used(now)
-                customer_id, ticket_number = link.customer_id, link.ticket_number
-            c = resolve_customer(session, customer_id)
-            scores = clean["scores"]
-            resp = SurveyResponse(customer_id=c.id, ticket_number=ticket_number, link_id=link_id, channel=channel,
-                                  taken_by=taken_by, at=now, suggestions=clean["suggestions"], **scores)
-            session.add(resp)
-            session.flush()
-            if link_id is not None:
-                session.execute(update(SurveyLink).where(SurveyLink.id == link_id).values(response_id=resp.id))
-            low = scores["overall"] <= LOW_SCORE_MAX
-            summary = (f"Satisfaction survey ({'link' if channel == 'link' else 'phone'}"
-                       f"{', ticket ' + ticket_number if ticket_number else ''}): "
-                       + ", ".join(f"{DIMENSIONS[d][0].lower()} {scores[d]}/5" for d in DIMENSIONS))
-            if low:
-                summary += " — low score, supervisor follow-up"
-            record_contact(session, c.id, "survey", summary, by=taken_by, at=now,
-                           details={"survey_id": resp.id, "scores": scores, "suggestions": clean["suggestions"]})
-            audit(session, "survey_answered", actor=taken_by, at=now,
-                  details={"survey_id": resp.id, "customer_id": c.id, "channel": channel, "scores": scores,
-                           "ticket_number": ticket_number})
-            if low:
-                try:
-                    engine.latest_version(session, FOLLOWUP_PROCESS)
-                except NotFound:
-                    missing_process = True
-                else:
-                    result = engine.start(FOLLOWUP_PROCESS, followup_data(session, c, resp), actor="system",
-                                          session=session)
-                    resp.followup_instance_id = result.instance_id
-            out = {"response_id": resp.id, "customer_id": c.id, "overall": scores["overall"], "low_score": low,
-                   "followup_instance_id": resp.followup_instance_id}
-    except Exception:
-        if result is not None:
-            engine._forget(result.instance_id)
-        raise
+    with engine.Session() as session, session.begin():
+        if link_id is not None:
+            link = _check_link(session, link_id, now)
+            used = session.execute(update(SurveyLink).where(SurveyLink.id == link_id, SurveyLink.used_at.is_(None),
+                                                            SurveyLink.expires_at > now).values(used_at=now))
+            if used.rowcount != 1:  # someone else used it between our read and our update
+                with engine.Session() as again:
+                    _check_link(again, link_id, now)
+                raise _used(now)
+            customer_id, ticket_number = link.customer_id, link.ticket_number
+        c = resolve_customer(session, customer_id)
+        scores = clean["scores"]
+        resp = SurveyResponse(customer_id=c.id, ticket_number=ticket_number, link_id=link_id, channel=channel,
+                              taken_by=taken_by, at=now, suggestions=clean["suggestions"], **scores)
+        session.add(resp)
+        session.flush()
+        if link_id is not None:
+            session.execute(update(SurveyLink).where(SurveyLink.id == link_id).values(response_id=resp.id))
+        low = scores["overall"] <= LOW_SCORE_MAX
+        summary = (f"Satisfaction survey ({'link' if channel == 'link' else 'phone'}"
+                   f"{', ticket ' + ticket_number if ticket_number else ''}): "
+                   + ", ".join(f"{DIMENSIONS[d][0].lower()} {scores[d]}/5" for d in DIMENSIONS))
+        if low:
+            summary += " — low score, supervisor follow-up"
+        record_contact(session, c.id, "survey", summary, by=taken_by, at=now,
+                       details={"survey_id": resp.id, "scores": scores, "suggestions": clean["suggestions"]})
+        audit(session, "survey_answered", actor=taken_by, at=now,
+              details={"survey_id": resp.id, "customer_id": c.id, "channel": channel, "scores": scores,
+                       "ticket_number": ticket_number})
+        if low:
+            try:
+                engine.latest_version(session, FOLLOWUP_PROCESS)
+            except NotFound:
+                missing_process = True
+            else:
+                result = engine.start(FOLLOWUP_PROCESS, followup_data(session, c, resp), actor="system",
+                                      session=session)
+                resp.followup_instance_id = result.instance_id
+        out = {"response_id": resp.id, "customer_id": c.id, "overall": scores["overall"], "low_score": low,
+               "followup_instance_id": resp.followup_instance_id}
     if result is not None:
         engine._after_commit(result)
     if missing_process:
