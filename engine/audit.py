@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, object_session
 
 from engine.models import AuditEntry, AuditHead
-from engine.pii import PiiValue, contains_tokens, extract_pii, load_values, mask_data, rejoin
+from engine.pii import AuditPii, PiiValue, contains_tokens, extract_pii, load_values, mask_data, rejoin
 from engine.serialization import to_jsonable
 
 GENESIS_HASH = "0" * 64
@@ -93,17 +93,25 @@ def chain_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_content(row)).hexdigest()
 
 
+# Prebuilt statements, run on the session's connection: a step appends on every commit.
+_head = AuditHead.__table__
+_SELECT_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)
+_SELECT_HEAD_FOR_UPDATE = _SELECT_HEAD.with_for_update()
+_UPDATE_HEAD = update(_head).where(_head.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
+_INSERT_ROWS = insert(AuditEntry.__table__)
+_INSERT_PII = insert(AuditPii.__table__)
+
+
 def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleNamespace]:
-    """Give ``events`` their sequence numbers and hashes and add them to the session.
+    """Give ``events`` their sequence numbers and hashes and write them in the session's transaction.
 
     Returns the rows as written (attribute access like ``AuditEntry``, for ``entry_to_dict``).
     """
     if not events:
         return []
-    stmt = select(AuditHead).where(AuditHead.id == 1)
-    if session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    head = session.scalar(stmt)
+    session.flush()  # pending ORM rows first: the audit rows go straight to the connection
+    conn = session.connection()
+    head = conn.execute(_SELECT_HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_HEAD).one()
     seq, prev = head.seq, head.hash
     rows, pii_rows, records = [], [], []
     for ev in events:
@@ -119,14 +127,14 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
         row = SimpleNamespace(**values)  # what observers read; the insert below writes ``records``
         if taken:
             row._pii_clear = {p.ref: p.value for p in taken}  # lets entry_to_dict re-join after commit
-            pii_rows.extend(p.to_row(seq) for p in taken)
+            pii_rows.extend(p.to_values(seq) for p in taken)
         rows.append(row)
         prev = h
     # one executemany instead of an ORM flush per row: a step writes dozens of rows
-    session.execute(insert(AuditEntry.__table__), records)
+    conn.execute(_INSERT_ROWS, records)
     if pii_rows:
-        session.add_all(pii_rows)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        conn.execute(_INSERT_PII, pii_rows)
+    conn.execute(_UPDATE_HEAD, {"seq": seq, "hash": prev})
     return rows
 
 

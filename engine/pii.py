@@ -268,8 +268,13 @@ class PiiValue:
 
     def to_row(self, seq: int) -> AuditPii:
         """The ``audit_pii`` row keeping this value for audit row ``seq``."""
-        return AuditPii(seq=seq, path=self.path, kind=self.kind, ref=self.ref, secret=self.secret,
-                        value=self.value_json, norm=normalize(self.kind, self.value))
+        return AuditPii(**self.to_values(seq))
+
+    def to_values(self, seq: int) -> dict[str, Any]:
+        """The column values of ``to_row`` (for a Core insert)."""
+        return {"seq": seq, "path": self.path, "kind": self.kind, "ref": self.ref, "secret": self.secret,
+                "value": self.value_json, "norm": normalize(self.kind, self.value), "erased_at": None,
+                "erased_by": None}
 
 
 def reference(secret: bytes | str, value_json: str) -> str:

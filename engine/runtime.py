@@ -33,10 +33,11 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from engine import step as step_mod
+from engine import step_rows
 from engine.audit import append_events, data_diff, entry_to_dict
 from engine.clock import Clock, current_clock, use_clock
 from engine.config import Settings
@@ -45,7 +46,7 @@ from engine.deploy import Bundle, DeployResult, deploy_bundle
 from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
 from engine.fastpath import accelerate
 from engine.inbox import task_facets
-from engine.models import AuditEntry, HumanTask, Incident, Instance, OutboxMessage, ProcessVersion, Timer
+from engine.models import AuditEntry, HumanTask, Incident, Instance, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
 from engine.serialization import SERIALIZER_VERSION, dump_state, load_state, to_jsonable
 from engine.specs import LoadedVersion, SpecCache
@@ -161,27 +162,28 @@ class Careflow:
 
     def _start_in(self, session: Session, process_id: str, data: dict | None, actor: str,
                   version: int | None) -> StepResult:
-        if version is None:
-            pv = self.latest_version(session, process_id)
-        else:
-            pv = session.scalar(select(ProcessVersion).where(ProcessVersion.process_id == process_id,
-                                                             ProcessVersion.version == version))
-            if pv is None:
-                raise NotFound(f"process '{process_id}' has no version {version}")
+        session.flush()  # a caller's pending ORM rows first: the rows below go straight to the connection
+        conn = session.connection()
+        pv = step_rows.latest_version(conn, process_id, version)
+        if pv is None:
+            if version is None:
+                raise NotFound(f"no process '{process_id}' is deployed (careflow deploy FILE.bpmn first)")
+            raise NotFound(f"process '{process_id}' has no version {version}")
         loaded = self.specs.get(session, pv.id)
         wf = accelerate(BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine))
         wf.task_tree.data.update(copy.deepcopy(data or {}))
         now = self.now()
-        inst = Instance(process_version_id=pv.id, process_id=pv.process_id, status="running", revision=0,
-                        state="{}", serializer_version=SERIALIZER_VERSION, started_by=actor, created_at=now,
-                        updated_at=now)
-        session.add(inst)
-        session.flush()
+        values = dict(process_version_id=pv.id, process_id=pv.process_id, status="running", revision=0,
+                      state="{}", serializer_version=SERIALIZER_VERSION, business_key=None, started_by=actor,
+                      error=None, created_at=now, updated_at=now, completed_at=None, next_timer_due=None)
+        inst = step_rows.InstanceRow(id=step_rows.insert_instance(conn, values), process_version_id=pv.id,
+                                     process_id=pv.process_id, status="running", revision=0, business_key=None,
+                                     next_timer_due=None)
         step = Step(session, now, actor=actor, cause="user" if actor not in ("system", "timer") else actor,
                     instance_id=inst.id, process_id=pv.process_id, process_version_id=pv.id)
         step.audit("instance_started", data_diff=data_diff({}, data or {}), details={"version": pv.version})
         self._run_engine(step, wf, loaded)
-        return self._save(step, inst, wf, loaded, expected_revision=None)
+        return self._save(step, inst, wf, loaded)
 
     # -- tasks -------------------------------------------------------------------------------
     def tasks(self, *, instance_id: int | None = None, user: str | None = None, groups: Iterable[str] | None = None,
@@ -245,7 +247,8 @@ class Careflow:
         """
         data = data or {}
         with self.Session() as session, session.begin():
-            row = session.get(HumanTask, task_id)
+            conn = session.connection()
+            row = step_rows.task_row(conn, task_id)
             if row is None:
                 raise NotFound(f"no task {task_id}")
             if row.status != "ready":
@@ -256,11 +259,11 @@ class Careflow:
             if expected_assignee is not _ANY and row.assignee != expected_assignee:
                 raise Conflict(f"task {task_id} was reassigned to {row.assignee or 'its group'} meanwhile; "
                                "reload your task list")
-            inst = self._lock_instance(session, row.instance_id)
+            inst = self._lock_row(conn, row.instance_id)
             loaded = self.specs.get(session, inst.process_version_id)
             if row.form_name:
                 self.validate_form(loaded.forms.get(row.form_name) or {}, data)
-            wf = self._load(inst, loaded)
+            wf = self._load(inst, loaded, conn=conn)
             try:
                 task = wf.get_task_from_id(UUID(task_id))
             except Exception:
@@ -286,7 +289,7 @@ class Careflow:
                        lane=meta.lane, form_version=loaded.form_checksums.get(meta.form_name or ""),
                        data_diff=data_diff(before, task.data))
             self._run_engine(step, wf, loaded)
-            result = self._save(step, inst, wf, loaded, expected_revision=inst.revision, completed={task_id})
+            result = self._save(step, inst, wf, loaded, completed={task_id})
         self._after_commit(result)
         return result
 
@@ -319,7 +322,7 @@ class Careflow:
         """Fire the due timers of one instance in one step; returns None if none was due."""
         try:
             with self.Session() as session, session.begin():
-                inst = self._lock_instance(session, instance_id)
+                inst = self._lock_row(session.connection(), instance_id)
                 result, _ = self._fire_locked(session, inst)
         except ScriptError as err:
             self._fail_instance(instance_id, err, actor="timer")
@@ -373,7 +376,7 @@ class Careflow:
         self._after_commit(result)
         return TimerFiring(claimed, result, still_due)
 
-    def _fire_locked(self, session: Session, inst: Instance) -> tuple[StepResult | None, bool]:
+    def _fire_locked(self, session: Session, inst: Instance | step_rows.InstanceRow) -> tuple[StepResult | None, bool]:
         """Run the due timers of a locked instance: (result or None if none was due, a due timer still waits)."""
         if inst.status != "running":
             return None, False
@@ -383,12 +386,12 @@ class Careflow:
         if not due_rows:
             return None, False
         loaded = self.specs.get(session, inst.process_version_id)
-        wf = self._load(inst, loaded)
+        wf = self._load(inst, loaded, conn=session.connection())
         step = Step(session, now, actor="timer", cause="timer", instance_id=inst.id,
                     process_id=inst.process_id, process_version_id=inst.process_version_id,
                     business_key=inst.business_key)
         self._run_engine(step, wf, loaded, refresh=True)
-        result = self._save(step, inst, wf, loaded, expected_revision=inst.revision)
+        result = self._save(step, inst, wf, loaded)
         return result, any(r.status == "waiting" for r in due_rows)
 
     def fire_due_timers(self, now: datetime | None = None, limit: int = 100) -> int:
@@ -443,13 +446,24 @@ class Careflow:
             raise NotFound(f"no instance {instance_id}")
         return inst
 
-    def _load(self, inst: Instance, loaded: LoadedVersion, cache: bool = True) -> BpmnWorkflow:
+    def _lock_row(self, conn, instance_id: int) -> step_rows.InstanceRow:
+        """The step's instance (side columns only; locked on PostgreSQL), or ``NotFound``."""
+        inst = step_rows.lock_instance(conn, instance_id)
+        if inst is None:
+            raise NotFound(f"no instance {instance_id}")
+        return inst
+
+    def _load(self, inst: Instance | step_rows.InstanceRow, loaded: LoadedVersion, cache: bool = True,
+              conn=None) -> BpmnWorkflow:
+        """The instance's workflow: the cached one if it is still at ``inst.revision``, else restored
+        from its state (read through ``conn`` when ``inst`` came without it)."""
         if cache:
             with self._wf_cache_lock:
                 hit = self._wf_cache.pop(inst.id, None)
             if hit and hit[0] == inst.revision:
                 return hit[1]
-        wf = accelerate(load_state(inst.state, loaded.spec, loaded.subprocess_specs))
+        state = inst.state if inst.state is not None else step_rows.instance_state(conn, inst.id)
+        wf = accelerate(load_state(state, loaded.spec, loaded.subprocess_specs))
         wf.script_engine = self.script_engine
         return wf
 
@@ -528,14 +542,15 @@ class Careflow:
         """Save an instance moved onto the version ``loaded`` (``engine.migration``): the write
         path of a step (state, human tasks, timers, audit, revision check) with the new version
         id. The caller holds the instance lock and commits."""
-        expected = inst.revision
         inst.process_version_id = loaded.id
-        return self._save(step, inst, wf, loaded, expected_revision=expected)
+        return self._save(step, inst, wf, loaded)
 
-    def _save(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
-              expected_revision: int | None, completed: set[str] | None = None) -> StepResult:
-        """Write state, human tasks, timers, audit and outbox; optimistic revision check."""
+    def _save(self, step: Step, inst: Instance | step_rows.InstanceRow, wf: BpmnWorkflow, loaded: LoadedVersion,
+              completed: set[str] | None = None) -> StepResult:
+        """Write state, human tasks, timers, audit and outbox; optimistic check against ``inst.revision``."""
         session = step.session
+        session.flush()  # ORM rows host functions left pending go first; the step's own rows use the connection
+        conn = session.connection()
         now = step.now
         if wf.is_completed():
             status = "completed"
@@ -548,54 +563,51 @@ class Careflow:
         state = dump_state(wf)
         values = dict(state=state, status=status, updated_at=now, revision=(inst.revision or 0) + 1,
                       next_timer_due=next_due, serializer_version=SERIALIZER_VERSION,
-                      completed_at=now if status == "completed" else None)
-        if step.business_key:
-            values["business_key"] = step.business_key
-        if expected_revision is None:
-            for k, v in values.items():
-                setattr(inst, k, v)
-            session.flush()
-        else:
-            res = session.execute(update(Instance).where(Instance.id == inst.id,
-                                                         Instance.revision == expected_revision).values(**values))
-            if res.rowcount != 1:
-                raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
-        for m in step.messages:
-            session.add(OutboxMessage(idempotency_key=m.key, instance_id=inst.id, topic=m.topic, channel=m.channel,
-                                      recipient=m.recipient, payload=m.payload, status="pending",
-                                      attempts=0, next_attempt_at=now, created_at=now))
+                      completed_at=now if status == "completed" else None,
+                      business_key=step.business_key or inst.business_key)
+        if not step_rows.update_instance(conn, inst.id, inst.revision or 0, values):
+            raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
+        step_rows.insert_outbox(conn, [
+            dict(idempotency_key=m.key, instance_id=inst.id, topic=m.topic, channel=m.channel, recipient=m.recipient,
+                 payload=m.payload, status="pending", attempts=0, next_attempt_at=now, last_error=None,
+                 created_at=now, delivered_at=None) for m in step.messages])
         audit_rows = append_events(session, step.events)
         session.flush()
         return StepResult(inst.id, status, values["revision"], ready, audit_rows, wf)
 
-    def _sync_human_tasks(self, step: Step, inst: Instance, wf: BpmnWorkflow, loaded: LoadedVersion,
-                          completed: set[str]) -> list[dict]:
-        session = step.session
-        existing = {r.id: r for r in session.scalars(select(HumanTask).where(HumanTask.instance_id == inst.id,
-                                                                             HumanTask.status == "ready"))}
+    def _sync_human_tasks(self, step: Step, inst: Instance | step_rows.InstanceRow, wf: BpmnWorkflow,
+                          loaded: LoadedVersion, completed: set[str]) -> list[dict]:
+        conn = step.session.connection()
+        existing = {r.id: r for r in step_rows.ready_tasks(conn, inst.id)}
         ready_tasks = [t for t in _iter_tasks(wf) if t.state == TaskState.READY and t.task_spec.manual]
         ready_ids = {str(t.id) for t in ready_tasks}
+        closed = []
         for tid, row in existing.items():
             if tid in ready_ids:
                 continue
             if tid in completed:
-                row.status, row.completed_at, row.completed_by = "completed", step.now, step.actor
+                closed.append({"b_id": tid, "status": "completed", "completed_at": step.now,
+                               "completed_by": step.actor})
             else:
-                row.status, row.completed_at = "cancelled", step.now
+                closed.append({"b_id": tid, "status": "cancelled", "completed_at": step.now, "completed_by": None})
                 step.audit("task_cancelled", task_id=tid, task_name=row.name, task_title=row.title, lane=row.lane)
-        out = []
+        step_rows.close_tasks(conn, closed)
+        out, new_rows = [], []
         for task in ready_tasks:
             tid = str(task.id)
             if tid in existing:
-                row = existing[tid]
+                row = existing[tid]._asdict()
             else:
                 row = self._new_human_task(step, inst, task, loaded)
-                session.add(row)
-            out.append({"id": row.id, "name": row.name, "title": row.title, "lane": row.lane,
-                        "assignee": row.assignee, "due_at": _iso(row.due_at)})
+                new_rows.append(row)
+            out.append({"id": row["id"], "name": row["name"], "title": row["title"], "lane": row["lane"],
+                        "assignee": row["assignee"], "due_at": _iso(row["due_at"])})
+        step_rows.insert_tasks(conn, new_rows)
         return out
 
-    def _new_human_task(self, step: Step, inst: Instance, task, loaded: LoadedVersion) -> HumanTask:
+    def _new_human_task(self, step: Step, inst: Instance | step_rows.InstanceRow, task,
+                        loaded: LoadedVersion) -> dict[str, Any]:
+        """The ``human_tasks`` row (every column) of a task that just became ready."""
         meta = loaded.human_task_meta(task.task_spec)
         info = {"process_id": inst.process_id, "instance_id": inst.id, "name": meta.name, "title": meta.title,
                 "lane": meta.lane, "properties": meta.properties}
@@ -626,12 +638,13 @@ class Careflow:
                    task_id=str(task.id), task_name=meta.name, task_title=meta.title, lane=meta.lane,
                    details={"group": assignment.get("group"), "assignee": assignee,
                             "due_at": _iso(due_at)})
-        return HumanTask(
+        return dict(
             id=str(task.id), instance_id=inst.id, process_id=inst.process_id,
             process_version_id=inst.process_version_id, name=meta.name, title=meta.title, lane=meta.lane,
             group_name=assignment.get("group", meta.lane), assignee=assignee, form_name=meta.form_name,
             form_checksum=loaded.form_checksums.get(meta.form_name or ""), instructions=instructions,
-            status="ready", created_at=step.now, due_at=due_at, **task_facets(task.data),
+            status="ready", created_at=step.now, due_at=due_at, completed_at=None, completed_by=None,
+            **{"priority": None, "customer_id": None, "customer_name": None, **task_facets(task.data)},
         )
 
     def _evaluate_quietly(self, step: Step, task, expr: str) -> Any:
@@ -646,8 +659,7 @@ class Careflow:
         finally:
             step_mod.deactivate(token)
 
-    def _sync_timers(self, step: Step, inst: Instance, wf: BpmnWorkflow) -> datetime | None:
-        session = step.session
+    def _sync_timers(self, step: Step, inst: Instance | step_rows.InstanceRow, wf: BpmnWorkflow) -> datetime | None:
         waiting: dict[tuple[str, datetime], str | None] = {}
         for task in _waiting_events(wf):
             definition = _timer_definition(task)
@@ -658,20 +670,20 @@ class Careflow:
                 waiting[(str(task.id), due)] = task.task_spec.bpmn_name or task.task_spec.bpmn_id
         if not waiting and inst.next_timer_due is None:
             return None  # no timer before this step, none after it
-        rows = session.scalars(select(Timer).where(Timer.instance_id == inst.id, Timer.status == "waiting")).all()
-        kept = set()
-        for row in rows:
+        conn = step.session.connection()
+        kept, ended = set(), []
+        for row in step_rows.waiting_timers(conn, inst.id):
             key = (row.task_id, row.due_at)
             if key in waiting:
                 kept.add(key)
             else:
                 fired = row.due_at <= step.now
-                row.status = "fired" if fired else "cancelled"
-                row.fired_at = step.now if fired else None
-        for key, name in waiting.items():
-            if key not in kept:
-                session.add(Timer(instance_id=inst.id, task_id=key[0], name=name, kind="bpmn", due_at=key[1],
-                                  status="waiting"))
+                ended.append({"b_id": row.id, "status": "fired" if fired else "cancelled",
+                              "fired_at": step.now if fired else None})
+        step_rows.end_timers(conn, ended)
+        step_rows.insert_timers(conn, [
+            dict(instance_id=inst.id, task_id=key[0], name=name, kind="bpmn", due_at=key[1], status="waiting",
+                 fired_at=None) for key, name in waiting.items() if key not in kept])
         return min((k[1] for k in waiting), default=None)
 
     def _fail_instance(self, instance_id: int, err: Exception, actor: str) -> None:

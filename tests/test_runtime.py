@@ -144,15 +144,14 @@ def test_stale_revision_is_refused(simple, monkeypatch):
     r = cf.start("simple_review", {})
     task = only_task(cf, r.instance_id)
     before = snapshot(cf, r.instance_id)
-    real_lock = cf._lock_instance
+    real_lock = cf._lock_row
 
-    def stale_lock(session, instance_id):  # as if another writer committed after our read
-        inst = real_lock(session, instance_id)
-        session.expunge(inst)
+    def stale_lock(conn, instance_id):  # as if another writer committed after our read
+        inst = real_lock(conn, instance_id)
         inst.revision -= 1
         return inst
 
-    monkeypatch.setattr(cf, "_lock_instance", stale_lock)
+    monkeypatch.setattr(cf, "_lock_row", stale_lock)
     with pytest.raises(Conflict, match="changed by someone else"):
         cf.complete(task["id"], {"customer": "A", "amount": 1}, user="alice")
     assert snapshot(cf, r.instance_id) == before
