@@ -8,6 +8,7 @@ the instance row is locked with ``SELECT ... FOR UPDATE`` inside the step.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -16,6 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 READ_ONLY_OPTION = "careflow_read_only"
+
+# JSON columns as compact UTF-8 text: Chinese form data stored as \uXXXX escapes would take
+# twice the bytes, and every byte of a step's rows is written (and fsynced) at commit.
+_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -29,10 +34,11 @@ def make_engine(url: str, *, echo: bool = False, **kwargs) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=_json_text, **kwargs)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, **kwargs)
+    return create_engine(url, echo=echo, pool_pre_ping=True, json_serializer=_json_text, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -24,7 +24,6 @@ from uuid import UUID
 
 import jinja2.sandbox
 import pluggy
-from jsonschema import Draft202012Validator, FormatChecker
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
     CycleTimerEventDefinition,
@@ -43,8 +42,9 @@ from engine.clock import Clock, current_clock, use_clock
 from engine.config import Settings
 from engine.db import make_engine, make_read_session_factory, make_session_factory, upgrade_database
 from engine.deploy import Bundle, DeployResult, deploy_bundle
-from engine.errors import Conflict, NotFound, Problem, ScriptError, ValidationFailed
+from engine.errors import Conflict, NotFound, ScriptError
 from engine.fastpath import accelerate
+from engine.forms import validate_form
 from engine.inbox import task_facets
 from engine.models import AuditEntry, HumanTask, Incident, Instance, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
@@ -171,7 +171,7 @@ class Careflow:
             raise NotFound(f"process '{process_id}' has no version {version}")
         loaded = self.specs.get(session, pv.id)
         wf = accelerate(BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine))
-        wf.task_tree.data.update(copy.deepcopy(data or {}))
+        wf.task_tree.data.update(copy_data(data or {}))
         now = self.now()
         values = dict(process_version_id=pv.id, process_id=pv.process_id, status="running", revision=0,
                       state="{}", serializer_version=SERIALIZER_VERSION, business_key=None, started_by=actor,
@@ -273,8 +273,8 @@ class Careflow:
             step = Step(session, self.now(), actor=user, cause="user", instance_id=inst.id,
                         process_id=inst.process_id, process_version_id=inst.process_version_id,
                         business_key=inst.business_key)
-            before = copy.deepcopy(task.data)
-            task.data.update(copy.deepcopy(data))
+            before = copy_data(task.data)
+            task.data.update(copy_data(data))
             step.current_task_id = task_id
             try:
                 token = step_mod.activate(step)
@@ -296,18 +296,7 @@ class Careflow:
     @staticmethod
     def validate_form(schema: dict, data: Any) -> None:
         """Validate submitted data against a form's JSON Schema; raise ``ValidationFailed`` with field errors."""
-        errors = sorted(_form_validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
-        if errors:
-            problems = []
-            for e in errors:
-                path = "/".join(str(p) for p in e.absolute_path)
-                if e.validator == "required" and isinstance(e.instance, dict):
-                    missing = [r for r in e.validator_value if r not in e.instance]
-                    for m in missing:
-                        problems.append(Problem("is required", field=f"{path}/{m}" if path else m))
-                    continue
-                problems.append(Problem(e.message, field=path))
-            raise ValidationFailed(problems)
+        validate_form(schema, data)
 
     # -- timers ------------------------------------------------------------------------------
     def due_timer_instances(self, now: datetime | None = None, limit: int = 100) -> list[int]:
@@ -486,7 +475,7 @@ class Careflow:
         def will_complete(task):
             step.current_task_id = str(task.id)
             if _changes_data(task):
-                snapshots[task.id] = copy.deepcopy(task.data)
+                snapshots[task.id] = copy_data(task.data)
 
         def did_complete(task):
             spec = task.task_spec
@@ -728,19 +717,20 @@ def running_instance():
     return exists().where(Instance.id == Timer.instance_id, Instance.status == "running")
 
 
-_validators: dict[int, tuple[dict, Draft202012Validator]] = {}
+_PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
-def _form_validator(schema: dict) -> Draft202012Validator:
-    """A validator per schema object (building one is not free; a version's forms never change)."""
-    hit = _validators.get(id(schema))
-    if hit is not None and hit[0] is schema:  # the schema is kept alive with it, so its id is not reused
-        return hit[1]
-    if len(_validators) > 2048:
-        _validators.clear()
-    validator = Draft202012Validator(schema, format_checker=FormatChecker())
-    _validators[id(schema)] = (schema, validator)
-    return validator
+def copy_data(value: Any) -> Any:
+    """A deep copy of task data; JSON-shaped values (most of it) are copied without ``copy.deepcopy``'s
+    bookkeeping, which costs several times more and runs for every data-changing task of a step."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN else copy_data(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else copy_data(v) for v in value]
+    if kind in _PLAIN:
+        return value
+    return copy.deepcopy(value)
 
 
 def _iter_tasks(wf: BpmnWorkflow):
