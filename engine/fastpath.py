@@ -1,52 +1,221 @@
-"""Flat scans for the two task queries SpiffWorkflow makes on every step.
+"""Dict scans for the task queries SpiffWorkflow makes on every step, per workflow instance.
 
-``do_engine_steps`` asks ``get_tasks(state=READY)`` and every task completion asks
-``update_waiting_tasks()``; both walk the whole task tree, so a step costs more the
-longer an instance's history, and the walk stops at depth 1000 (an instance that deep
-silently stops running its engine tasks). The workflow already keeps every task in a
-dict, so a scan of that dict answers the same question in history-independent time and
-without a depth limit. Only those two calls change; every other query walks the tree.
+SpiffWorkflow answers ``get_tasks(state=READY)`` (``do_engine_steps``, once per pass on
+the top workflow and on every active subprocess), ``update_waiting_tasks()`` (on every
+task completion, in the task's own workflow), ``is_completed()`` and the task list
+that ``collect_log_extras`` builds for its log records by walking a task tree. The walk
+visits the whole history, so a step costs more the longer an instance runs, and it
+stops at depth 1000 (an instance that deep silently stops running its engine tasks).
+Every workflow keeps its tasks in a dict as well: ``accelerate`` gives a workflow, its
+subprocesses and the subprocesses it creates later, versions of these calls that scan
+the dicts and sort the (few) hits into the walk's depth-first order, so the answer is
+the walk's answer, list order included (``CHECK`` makes every call prove it), except
+that nothing is lost below depth 1000. The change is per instance: SpiffWorkflow's
+classes stay untouched (the bare-SpiffWorkflow baseline of the benchmark runs alongside).
 """
 
 from __future__ import annotations
 
+import logging
 import types
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
-from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
+from SpiffWorkflow.bpmn.util.task import BpmnTaskFilter
+from SpiffWorkflow.util.task import TaskIterator, TaskState
+from SpiffWorkflow.workflow import Workflow
 
-_TREE_GET_TASKS = BpmnWorkflow.get_tasks
+_TREE_GET_TASKS = Workflow.get_tasks
+_STOCK_CREATE_SUBPROCESS = BpmnWorkflow.create_subprocess
+
+READY, WAITING = TaskState.READY, TaskState.WAITING
+_NOT_FINISHED = TaskState.NOT_FINISHED_MASK
+# filters a READY scan can apply itself; any other argument (first_task, max_depth,
+# skip_subprocesses, end_at_spec, task_filter...) shapes the walk, so the walk answers
+_FILTERS = frozenset({"state", "manual", "spec_name", "spec_class", "lane", "updated_ts", "catches_event"})
+_workflow_log = logging.getLogger("spiff.workflow")
+
+CHECK = False
+"""When true, every fast answer is compared with the tree walk's (tests turn it on)."""
+
+
+class FastPathMismatch(AssertionError):
+    """In ``CHECK`` mode: a fast answer differed from SpiffWorkflow's tree walk."""
 
 
 def accelerate(workflow: BpmnWorkflow) -> BpmnWorkflow:
-    """Give ``workflow`` (a top-level workflow) the flat scans; returns it."""
-    workflow.get_tasks = types.MethodType(_get_tasks, workflow)
-    workflow.update_waiting_tasks = types.MethodType(_update_waiting_tasks, workflow)
+    """Give a top-level workflow, its subprocesses and the ones it creates later the dict scans; returns it."""
+    _install(workflow)
+    for sub in workflow.subprocesses.values():
+        _install(sub)
+    if type(workflow).create_subprocess is _STOCK_CREATE_SUBPROCESS:
+        workflow.create_subprocess = types.MethodType(_create_subprocess, workflow)
+    else:  # a subclass creates its own kind: accelerate what it returns
+        workflow.create_subprocess = types.MethodType(_wrap_create(type(workflow).create_subprocess), workflow)
     return workflow
 
 
-def _get_tasks(self: BpmnWorkflow, first_task=None, **kwargs):
-    """``get_tasks(state=READY)`` from the task dicts (this workflow and its subprocesses); else the tree walk.
+def _install(wf) -> None:
+    wf.get_tasks = types.MethodType(_get_tasks, wf)
+    wf.update_waiting_tasks = types.MethodType(_update_waiting_tasks, wf)
+    wf.is_completed = types.MethodType(_is_completed, wf)
+    wf.collect_log_extras = types.MethodType(_collect_log_extras, wf)
 
-    Only READY: a ready task's ancestors have all run, so the tree walk reaches every one of
-    them (it prunes below unfinished tasks and skips finished subprocesses, which hold no
-    ready task); for other states the walk's pruning makes its answer differ from a scan.
+
+def _create_subprocess(self: BpmnWorkflow, my_task, spec_name: str) -> BpmnSubWorkflow:
+    """``BpmnWorkflow.create_subprocess``, with the subprocess accelerated before it initializes
+    (its initialization logs, and the log extras would walk its tree)."""
+    subprocess = BpmnSubWorkflow.__new__(BpmnSubWorkflow)
+    _install(subprocess)
+    subprocess.__init__(self.subprocess_specs[spec_name], parent_task_id=my_task.id, top_workflow=self)
+    self.subprocesses[my_task.id] = subprocess
+    return subprocess
+
+
+def _wrap_create(create):
+    def create_subprocess(self, my_task, spec_name):
+        subprocess = create(self, my_task, spec_name)
+        _install(subprocess)
+        return subprocess
+
+    return create_subprocess
+
+
+# -- get_tasks(state=READY) ------------------------------------------------------------------
+
+def _get_tasks(self, first_task=None, **kwargs) -> list:
+    """``get_tasks(state=READY, ...)`` from the task dicts; any other query walks the tree.
+
+    Only READY: a ready task's ancestors have all run, so the walk (which prunes below
+    predicted tasks) reaches every one of them; for other states its pruning makes its
+    answer differ from a scan.
     """
-    if first_task is not None or set(kwargs) != {"state"} or kwargs["state"] != TaskState.READY:
+    if first_task is not None or kwargs.get("state") != READY or not _FILTERS.issuperset(kwargs):
         return _TREE_GET_TASKS(self, first_task, **kwargs)
-    found = [t for t in self.tasks.values() if t.state == TaskState.READY]
-    for sub in self.subprocesses.values():
-        found.extend(t for t in sub.tasks.values() if t.state == TaskState.READY)
+    found = _ready_tasks(self)
+    if len(kwargs) > 1:
+        task_filter = BpmnTaskFilter(**kwargs)
+        found = [t for t in found if task_filter.matches(t)]
+    if CHECK:
+        _check_same(found, _TREE_GET_TASKS(self, None, **kwargs), "get_tasks", kwargs)
     return found
 
 
-def _update_waiting_tasks(self: BpmnWorkflow) -> None:
-    """Update every WAITING task of the top workflow, including ones that start waiting meanwhile."""
-    seen: set = set()
+def _ready_tasks(wf) -> list:
+    """READY tasks of ``wf`` and of the subprocesses below it, in the walk's depth-first order."""
+    found = [t for t in wf.tasks.values() if t._state == READY]
+    top = wf.top_workflow
+    for sub in top.subprocesses.values():
+        if sub is not wf and _is_below(sub, wf, top):
+            found.extend(t for t in sub.tasks.values() if t._state == READY)
+    if len(found) > 1:
+        found.sort(key=lambda t: _position(t, wf, top))
+    return found
+
+
+def _owner(top: BpmnWorkflow, task_id):
+    """The workflow (top or a subprocess) holding the task ``task_id``, or None."""
+    if task_id in top.tasks:
+        return top
+    for sub in top.subprocesses.values():
+        if task_id in sub.tasks:
+            return sub
+    return None
+
+
+def _is_below(sub, wf, top: BpmnWorkflow) -> bool:
+    """Whether the walk of ``wf`` reaches subprocess ``sub`` (through its chain of calling tasks)."""
     while True:
-        batch = [t for t in self.tasks.values() if t.state == TaskState.WAITING and t.id not in seen]
-        if not batch:
-            return
+        parent_id = sub.parent_task_id
+        if parent_id is None:
+            return False
+        if parent_id in wf.tasks:
+            return True
+        sub = _owner(top, parent_id)
+        if sub is None or sub is top:  # a detached subprocess, or one called from outside ``wf``
+            return False
+
+
+def _position(task, base, top: BpmnWorkflow) -> list[int]:
+    """A task's place in the depth-first walk from ``base``'s root: the child indexes on its path.
+
+    The walk visits a task's subprocess before the task's children, hence ``-1`` for the
+    step from a calling task into its subprocess's root.
+    """
+    path: list[int] = []
+    while True:
+        wf = task.workflow
+        tasks = wf.tasks
+        parent_id = task._parent
+        while parent_id is not None:
+            parent = tasks[parent_id]
+            path.append(parent._children.index(task.id))
+            task, parent_id = parent, parent._parent
+        if wf is base:
+            break
+        path.append(-1)
+        calling_id = wf.parent_task_id
+        task = _owner(top, calling_id).tasks[calling_id]
+    path.reverse()
+    return path
+
+
+# -- update_waiting_tasks(), is_completed(), collect_log_extras() ----------------------------
+
+def _update_waiting_tasks(self) -> None:
+    """Update this workflow's WAITING tasks (not its subprocesses'), in the walk's order.
+
+    The walk is lazy: it skips a task that stopped waiting (or left the tree) before its
+    turn, and so does this. Updating a waiting task only readies or cancels tasks, so no
+    task starts waiting meanwhile; should one ever do, it is updated afterwards.
+    """
+    tasks = self.tasks
+    batch = [t for t in tasks.values() if t._state == WAITING]
+    if not batch:
+        return
+    top = self.top_workflow
+    if len(batch) > 1:
+        batch.sort(key=lambda t: _position(t, self, top))
+    if CHECK:
+        _check_same(batch, list(TaskIterator(self.task_tree, state=WAITING)), "update_waiting_tasks", {})
+    done = set()
+    while batch:
         for task in batch:
-            seen.add(task.id)
-            task.task_spec._update(task)
+            done.add(task.id)
+            if task._state == WAITING and tasks.get(task.id) is task:
+                task.task_spec._update(task)
+            elif CHECK and task._state == WAITING:
+                raise FastPathMismatch(f"update_waiting_tasks: {task} left the tree before its turn")
+        batch = [t for t in tasks.values() if t._state == WAITING and t.id not in done]
+        if batch and CHECK:
+            raise FastPathMismatch(f"update_waiting_tasks: {batch} started waiting during the update")
+        batch.sort(key=lambda t: _position(t, self, top))
+
+
+def _is_completed(self) -> bool:
+    """``is_completed()``: no unfinished task in this workflow (a dict scan, stopping at the first)."""
+    if not self.completed:
+        unfinished = any(task._state & _NOT_FINISHED for task in self.tasks.values())
+        if CHECK:
+            walked = next(TaskIterator(self.task_tree, state=_NOT_FINISHED), None) is not None
+            if walked != unfinished:
+                raise FastPathMismatch(f"is_completed: scan found unfinished={unfinished}, the walk {walked}")
+        if not unfinished:
+            self.completed = True
+    return self.completed
+
+
+def _collect_log_extras(self, dct: dict | None = None) -> dict:
+    """The extras of a workflow log record; built only when the record will be logged.
+
+    SpiffWorkflow builds them (a walk of every task when the logger's level is unset)
+    before calling ``logger.info``, which drops them when INFO is disabled.
+    """
+    if _workflow_log.isEnabledFor(logging.INFO):
+        return type(self).collect_log_extras(self, dct)
+    return dct or {}
+
+
+def _check_same(fast: list, walked: list, what: str, kwargs: dict) -> None:
+    if [t.id for t in fast] != [t.id for t in walked]:
+        raise FastPathMismatch(f"{what}({kwargs}): scan found {fast}, the walk {walked}")

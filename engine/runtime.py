@@ -532,7 +532,7 @@ class Careflow:
         path of a step (state, human tasks, timers, audit, revision check) with the new version
         id. The caller holds the instance lock and commits."""
         inst.process_version_id = loaded.id
-        return self._save(step, inst, wf, loaded)
+        return self._save(step, inst, accelerate(wf), loaded)  # cached after commit: give it the fast paths
 
     def _save(self, step: Step, inst: Instance | step_rows.InstanceRow, wf: BpmnWorkflow, loaded: LoadedVersion,
               completed: set[str] | None = None) -> StepResult:

@@ -4,77 +4,65 @@ The stock serializer embeds the whole parsed spec (about half the bytes) in ever
 instance and rebuilds it on every load. Our converter leaves ``spec`` and
 ``subprocess_specs`` out and takes the cached spec objects of the instance's version
 when restoring. ``date`` and ``Decimal`` in task data get converters of their own.
+
+A task's data is stored as a delta against its parent's data (SpiffWorkflow's format);
+that delta only stays valid while the parent is finished too, so a finished task under
+a still-running parent (an iteration of a loop) is stored with its full data instead.
+
+``dump_state`` writes the JSON that ``json.dumps(serializer.to_dict(wf))`` would write,
+byte for byte, but keeps the JSON text of each task that cannot have changed since the
+previous dump of the same workflow object (a finished task; an unfinished one without
+data of its own), so a step re-encodes only the tasks that moved.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
-from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnSubWorkflowConverter, BpmnWorkflowConverter
+from SpiffWorkflow.bpmn.serializer.default.workflow import (
+    BpmnSubWorkflowConverter,
+    BpmnWorkflowConverter,
+    WorkflowConverter,
+)
+from SpiffWorkflow.bpmn.serializer.helpers.encoder import create_encoder
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION
 from SpiffWorkflow.bpmn.specs import BpmnProcessSpec
 from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.deep_merge import DeepMerge
 from SpiffWorkflow.util.task import TaskState
 
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
-class _TaskDictCache:
-    """Converted dicts of finished tasks, reused while the task is unchanged.
+def _full_data_instead_of_delta(task) -> bool:
+    """A finished task under a parent that is not finished: its delta would not stay valid."""
+    if not task._state & _FINISHED or task._parent is None:
+        return False
+    parent = task.workflow.tasks.get(task._parent)
+    return parent is not None and not parent._state & _FINISHED
 
-    A finished task no longer changes, except for its children list (pruned
-    predictions), which is part of the cache key. SpiffWorkflow stores a task's data as
-    a delta against its parent's data; that delta only stays valid while the parent is
-    finished too, so a finished task under a still-running parent (an iteration of a
-    loop) is stored with its full data instead. This keeps saving a step cheap as an
-    instance's history grows.
-    """
 
+class _SpeclessCommon:
     def workflow_common(self, workflow) -> dict:
-        cache = workflow.__dict__.setdefault("_careflow_task_dicts", {})
-        tasks = {}
-        convert = self.registry.convert
-        all_tasks = workflow.tasks
-        for tid, task in all_tasks.items():
-            if task.state & _FINISHED:
-                parent = all_tasks.get(task._parent) if task._parent is not None else None
-                parent_finished = parent is None or bool(parent.state & _FINISHED)
-                key = (task.state, task.last_state_change, tuple(task._children), task.triggered, parent_finished)
-                hit = cache.get(tid)
-                if hit is not None and hit[0] == key:
-                    tasks[hit[2]] = hit[1]
-                    continue
-                dct = convert(task)
-                if not parent_finished and parent is not None:
-                    dct["data"], dct["delta"] = task.data, {}
-                cache[tid] = (key, dct, dct["id"])
-                tasks[dct["id"]] = dct
-                continue
-            else:
-                dct = convert(task)
-            tasks[str(tid)] = dct
-        if len(cache) > len(all_tasks):
-            for gone in set(cache) - set(all_tasks):
-                del cache[gone]
-        return {
-            "data": self.registry.convert(self.registry.clean(workflow.data)),
-            "correlations": workflow.correlations,
-            "last_task": str(workflow.last_task.id) if workflow.last_task is not None else None,
-            "success": workflow.success,
-            "completed": workflow.completed,
-            "tasks": tasks,
-            "root": str(workflow.task_tree.id),
-        }
+        dct = WorkflowConverter.to_dict(self, workflow)
+        tasks = dct["tasks"]
+        for task in workflow.tasks.values():
+            if _full_data_instead_of_delta(task):
+                converted = tasks[str(task.id)]
+                converted["data"], converted["delta"] = task.data, {}
+        return dct
 
 
-class CachingSubWorkflowConverter(_TaskDictCache, BpmnSubWorkflowConverter):
-    """Subprocess converter with the finished-task cache."""
+class SpeclessSubWorkflowConverter(_SpeclessCommon, BpmnSubWorkflowConverter):
+    """Subprocess converter storing full data for finished tasks under running parents."""
 
     def to_dict(self, workflow) -> dict:
         dct = self.workflow_common(workflow)
@@ -83,7 +71,7 @@ class CachingSubWorkflowConverter(_TaskDictCache, BpmnSubWorkflowConverter):
         return dct
 
 
-class SpeclessWorkflowConverter(_TaskDictCache, BpmnWorkflowConverter):
+class SpeclessWorkflowConverter(_SpeclessCommon, BpmnWorkflowConverter):
     """Converts a workflow without its specs; restores it around specs given by the caller."""
 
     def to_dict(self, workflow: BpmnWorkflow) -> dict:
@@ -99,44 +87,156 @@ class SpeclessWorkflowConverter(_TaskDictCache, BpmnWorkflowConverter):
         dct.pop("spec", None)
         dct.pop("subprocess_specs", None)
         workflow = self.target_class(spec, subprocess_specs or {}, deserializing=True)
-        workflow.tasks = self.mapping_from_dict(dct["tasks"], _uuid(), workflow=workflow)
-        workflow.task_tree = workflow.tasks.get(_uuid()(dct["root"]))
+        workflow.tasks = self.mapping_from_dict(dct["tasks"], UUID, workflow=workflow)
+        workflow.task_tree = workflow.tasks.get(UUID(dct["root"]))
         self.set_default_attributes(workflow, dct)
         self.subprocesses_from_dict(dct["subprocesses"], workflow)
         workflow.bpmn_events = self.registry.restore(dct.pop("bpmn_events", []))
         return workflow
 
 
-def _uuid():
-    from uuid import UUID
-
-    return UUID
-
-
-def _make_serializer() -> BpmnWorkflowSerializer:
+def _make_registry():
     config = dict(SPIFF_CONFIG)
     config[BpmnWorkflow] = SpeclessWorkflowConverter
-    config[BpmnSubWorkflow] = CachingSubWorkflowConverter
+    config[BpmnSubWorkflow] = SpeclessSubWorkflowConverter
     registry = BpmnWorkflowSerializer.configure(config)
     registry.register(Decimal, lambda v: {"value": str(v)}, lambda d: Decimal(d["value"]))
     registry.register(date, lambda v: {"value": v.isoformat()}, lambda d: date.fromisoformat(d["value"]),
                       typename="date")
-    return BpmnWorkflowSerializer(registry)
+    return registry
 
 
-serializer = _make_serializer()
+serializer = BpmnWorkflowSerializer(_make_registry())
+
+
+class _StateWriter:
+    """The JSON text of a workflow state, reusing the text of tasks unchanged since the last dump.
+
+    It has a registry of its own, always in encoder mode (the conversion ``serialize_json``
+    uses), so dumping never flips the mode of the shared ``serializer.registry``.
+    """
+
+    CACHE_ATTR = "_careflow_state_json"
+
+    def __init__(self) -> None:
+        self.registry = _make_registry()
+        self.registry._encoder_mode = True
+        self.encode = create_encoder(self.registry)(separators=(",", ":")).encode
+
+    def state(self, wf: BpmnWorkflow) -> str:
+        enc, reg = self.encode, self.registry
+        subprocesses = ",".join(f"{enc(str(k))}:{self.workflow(sp, self.subprocess_tail(sp))}"
+                                for k, sp in wf.subprocesses.items())
+        rest = enc({"bpmn_events": reg.convert(wf.bpmn_events), "typename": reg.typenames[type(wf)],
+                    serializer.VERSION_KEY: SERIALIZER_VERSION})
+        return self.workflow(wf, f',"subprocesses":{{{subprocesses}}},{rest[1:]}')
+
+    def subprocess_tail(self, sp) -> str:
+        rest = self.encode({"parent_task_id": str(sp.parent_task_id), "spec": sp.spec.name,
+                            "typename": self.registry.typenames[type(sp)]})
+        return f",{rest[1:]}"
+
+    def workflow(self, wf, tail: str) -> str:
+        """A workflow's JSON object: WorkflowConverter.to_dict's keys in its order, then ``tail``."""
+        enc, reg = self.encode, self.registry
+        head = enc({"data": reg.convert(reg.clean(wf.data)), "correlations": wf.correlations,
+                    "last_task": str(wf.last_task.id) if wf.last_task is not None else None,
+                    "success": wf.success, "completed": wf.completed})
+        return f'{head[:-1]},"tasks":{{{self.tasks(wf)}}},"root":{enc(str(wf.task_tree.id))}{tail}'
+
+    def tasks(self, wf) -> str:
+        texts = wf.__dict__.get(self.CACHE_ATTR)
+        if texts is None:
+            texts = wf.__dict__[self.CACHE_ATTR] = _WorkflowTexts()
+        cache, ids, children_texts = texts.tasks, texts.ids, texts.children
+        convert, enc = self.registry.convert, self.encode
+        updated_keys, deleted_keys = DeepMerge.get_updated_keys, DeepMerge.get_deleted_keys
+        task_typename = self.registry.typenames[Task]
+        all_tasks = wf.tasks
+        parts = []
+        for tid, task in all_tasks.items():
+            state = task._state
+            parent_id = task._parent
+            parent = all_tasks.get(parent_id) if parent_id is not None else None
+            children = tuple(task._children)
+            if state & _FINISHED:  # a finished task no longer changes; its children list (pruned) may
+                key = (state, task.last_state_change, children, task.triggered, task.task_spec,
+                       parent is None or bool(parent._state & _FINISHED))
+            elif not task.data and not task.internal_data:  # its delta: "deletions" lists its parent's keys
+                parent_keys = None if parent is None else tuple(parent.data)
+                key = (state, task.last_state_change, children, task.triggered, task.task_spec, parent_keys)
+            else:
+                key = None
+            if key is not None:
+                hit = cache.get(tid)
+                if hit is not None and hit[0] == key:
+                    parts.append(hit[1])
+                    continue
+            if parent is None or state & _FINISHED and not parent._state & _FINISHED:
+                data, delta = task.data, {}
+            else:
+                data, delta = {}, {"updates": updated_keys(parent.data, task.data),
+                                   "deletions": deleted_keys(parent.data, task.data)}
+            # TaskConverter.to_dict's keys in its order; the ids (and a loop's growing list of
+            # iterations) as text kept from earlier dumps, the rest encoded now
+            quoted = ids.get(tid) or _quoted(ids, tid)
+            parent_text = "null" if parent is None else ids.get(parent_id) or _quoted(ids, parent_id)
+            rest = enc({"last_state_change": task.last_state_change, "state": state,
+                        "task_spec": task.task_spec.name, "triggered": task.triggered,
+                        "internal_data": convert(task.internal_data), "data": data, "delta": delta,
+                        "typename": task_typename})
+            text = (f'{quoted}:{{"id":{quoted},"parent":{parent_text}'
+                    f',"children":{_children_text(children_texts, ids, tid, children)},{rest[1:]}')
+            if key is not None and (state & _FINISHED or parent_keys is None
+                                    or all(type(k) is str for k in parent_keys)):  # 1 == True, "1" != "true"
+                cache[tid] = (key, text)
+            parts.append(text)
+        texts.prune(all_tasks)
+        return ",".join(parts)
+
+
+class _WorkflowTexts:
+    """One workflow's texts from earlier dumps: each task's, each task id's, each children list's."""
+
+    __slots__ = ("tasks", "ids", "children")
+
+    def __init__(self) -> None:
+        self.tasks: dict = {}
+        self.ids: dict = {}
+        self.children: dict = {}
+
+    def prune(self, all_tasks: dict) -> None:
+        for texts in (self.tasks, self.ids, self.children):
+            if len(texts) > len(all_tasks):
+                for gone in set(texts) - set(all_tasks):
+                    del texts[gone]
+
+
+def _quoted(ids: dict, task_id: UUID) -> str:
+    text = ids[task_id] = f'"{task_id}"'  # a UUID's text needs no JSON escaping
+    return text
+
+
+def _children_text(children_texts: dict, ids: dict, tid: UUID, children: tuple) -> str:
+    """The JSON list of a task's children ids; a list that only grew (a loop) adds the new ones."""
+    known = children_texts.get(tid)
+    if known is not None and known[0] == children:
+        return known[1]
+    if known is not None and known[0] and len(children) > len(known[0]) and children[:len(known[0])] == known[0]:
+        added = ",".join(ids.get(c) or _quoted(ids, c) for c in children[len(known[0]):])
+        text = f"{known[1][:-1]},{added}]"
+    else:
+        text = "[" + ",".join(ids.get(c) or _quoted(ids, c) for c in children) + "]"
+    children_texts[tid] = (children, text)
+    return text
+
+
+_writer = _StateWriter()
 
 
 def dump_state(workflow: BpmnWorkflow) -> str:
     """Serialize a workflow's state (without specs) to a JSON string."""
-    reg = serializer.registry
-    reg._encoder_mode = True
-    try:
-        dct = serializer.to_dict(workflow)
-        dct[serializer.VERSION_KEY] = SERIALIZER_VERSION
-        return json.dumps(dct, cls=serializer._encoder_cls, separators=(",", ":"))
-    finally:
-        reg._encoder_mode = False
+    return _writer.state(workflow)
 
 
 def load_state(state: str, spec: BpmnProcessSpec, subprocess_specs: dict) -> BpmnWorkflow:
@@ -146,9 +246,79 @@ def load_state(state: str, spec: BpmnProcessSpec, subprocess_specs: dict) -> Bpm
     return serializer.from_dict(dct, spec=spec, subprocess_specs=subprocess_specs)
 
 
+# -- plain JSON values ------------------------------------------------------------------------
+
+_BIG_INT = 10 ** 4000  # beyond this, int <-> str conversion limits may apply: leave those to json
+
+
+class _Unusual(Exception):
+    """A value the fast walk leaves to the JSON round trip."""
+
+
 def to_jsonable(value: Any) -> Any:
-    """Convert task data (which may hold datetimes, Decimals, dates) to plain JSON values."""
+    """Convert task data (which may hold datetimes, Decimals, dates) to plain JSON values.
+
+    The result is ``json.loads(json.dumps(value, default=...))``; values made of plain
+    dicts, lists, tuples, strings, numbers, booleans, None, datetimes, dates and Decimals
+    are converted by a direct walk, anything else by that round trip.
+    """
+    try:
+        return _plain(value, set())
+    except _Unusual:
+        return _round_trip(value)
+
+
+def _round_trip(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_default))
+
+
+def _plain(value: Any, path: set) -> Any:
+    t = type(value)
+    if t is str or t is bool or value is None or t is float:
+        return value
+    if t is int:
+        if -_BIG_INT < value < _BIG_INT:
+            return value
+        raise _Unusual
+    if t is dict:
+        ident = id(value)
+        if ident in path:
+            raise ValueError("Circular reference detected")
+        path.add(ident)
+        out = {}
+        for k, v in value.items():
+            out[k if type(k) is str else _key(k)] = _plain(v, path)
+        path.discard(ident)
+        return out
+    if t is list or t is tuple:
+        ident = id(value)
+        if ident in path:
+            raise ValueError("Circular reference detected")
+        path.add(ident)
+        out_list = [_plain(v, path) for v in value]
+        path.discard(ident)
+        return out_list
+    if t is datetime or t is date:
+        return value.isoformat()
+    if t is Decimal:
+        return str(value)
+    return _round_trip(value)  # subclasses, sets, other objects: exactly what json makes of them
+
+
+def _key(k: Any) -> str:
+    """A non-str dict key as JSON writes it (only the exact types whose text is known here)."""
+    t = type(k)
+    if t is bool or k is None:
+        return "true" if k is True else "false" if k is False else "null"
+    if t is int and -_BIG_INT < k < _BIG_INT:
+        return int.__repr__(k)
+    if t is float:
+        if k != k:
+            return "NaN"
+        if k in (float("inf"), float("-inf")):
+            return "Infinity" if k > 0 else "-Infinity"
+        return float.__repr__(k)
+    raise _Unusual
 
 
 def _default(value: Any) -> Any:

@@ -1,35 +1,249 @@
-"""The flat task scans answer exactly what SpiffWorkflow's tree walk answers."""
+"""The dict scans of ``engine.fastpath`` answer exactly what SpiffWorkflow's tree walk answers.
+
+``fastpath.CHECK`` makes every fast call also ask the tree walk and fail on any difference
+(list order included); the tests below turn it on and drive real processes through the
+engine: the after-sales ticket (a looped call activity with reopen rounds, a boundary
+timer, the on-site branch), a parallel multi-instance task, a standard loop, a call
+activity and a timer. One more runs the same ticket twice, with and without the scans,
+and finds the same audit chain, rows and state.
+"""
 
 from __future__ import annotations
 
+import collections
+import itertools
+import json
+import logging
+import shutil
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
+import SpiffWorkflow.task
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
 from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.workflow import Workflow
+from sqlalchemy import select
 
+import engine.runtime
+from engine import fastpath
+from engine.config import Settings
 from engine.fastpath import _TREE_GET_TASKS, accelerate
+from engine.models import HumanTask, Instance, OutboxMessage, Timer
 
-from ticket_helpers import CS, TS, Flow, diagnosis, intake, sh, ticket_engine
+from migration_helpers import ANSWERS, at_intake, deploy, only_task, run_to_end
+from ticket_helpers import (
+    CS,
+    RISK_ON_TRACK,
+    TS,
+    Flow,
+    diagnosis,
+    intake,
+    onsite,
+    remote,
+    revisit,
+    sh,
+    ticket_engine,
+    visit_plan,
+)
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+MIN = timedelta(minutes=1)
 STATES = [TaskState.READY, TaskState.WAITING, TaskState.COMPLETED, TaskState.CANCELLED, TaskState.FUTURE,
           TaskState.LIKELY | TaskState.MAYBE, TaskState.STARTED]
+FAST_METHODS = ("get_tasks", "update_waiting_tasks", "is_completed", "collect_log_extras")
 
 
-def test_flat_scan_matches_the_tree_walk_on_a_running_ticket(settings):
+@pytest.fixture
+def checked(monkeypatch):
+    """CHECK mode on; counts the compared answers by (query, 0/1/2-or-more tasks)."""
+    seen: collections.Counter = collections.Counter()
+    compare = fastpath._check_same
+
+    def counting(fast, walked, what, kwargs):
+        compare(fast, walked, what, kwargs)
+        seen[(what, min(len(fast), 2))] += 1
+
+    monkeypatch.setattr(fastpath, "CHECK", True)
+    monkeypatch.setattr(fastpath, "_check_same", counting)
+    return seen
+
+
+def ticket_rounds(f: Flow) -> None:
+    """An after-sales ticket through three rounds: the deadline warning fires and is answered, a
+    failed remote fix goes on site and stays unfixed, a revisit finds it unsolved, the third round closes."""
+    f.start()
+    f.do("ut_intake", CS, intake(sh(2026, 11, 23, 9)), "zhang.wei", after=5 * MIN)
+    f.do("ut_diagnose", TS, diagnosis(sh(2026, 11, 23, 9, 30)), "liu.yang", after=30 * MIN)
+    assert f.fire(sh(2026, 11, 23, 12, 15)) == 1  # the boundary timer of the solution deadline
+    assert f.ready_names() == ["ut_deadline_risk", "ut_remote"]
+    f.do("ut_deadline_risk", TS, RISK_ON_TRACK, "liu.yang", after=5 * MIN)
+    f.do("ut_remote", TS, remote(sh(2026, 11, 23, 12, 30), solved=False), "liu.yang", after=10 * MIN)
+    f.do("ut_onsite_schedule", TS, visit_plan(sh(2026, 11, 23, 15)), "liu.yang", after=10 * MIN)
+    f.do("ut_onsite", TS, onsite(sh(2026, 11, 23, 15), sh(2026, 11, 23, 16), resolved=False), "liu.yang",
+         after=timedelta(hours=3))
+    f.do("ut_diagnose", TS, diagnosis(f.now()), "liu.yang", after=30 * MIN)  # round 2
+    f.do("ut_remote", TS, remote(f.now() + 30 * MIN), "liu.yang", after=30 * MIN)
+    f.do("ut_revisit", CS, revisit(sh(2026, 11, 24, 10), solved=False, overall=3), "wang.fang",
+         after=timedelta(hours=17))
+    f.do("ut_diagnose", TS, diagnosis(f.now()), "liu.yang", after=30 * MIN)  # round 3
+    f.do("ut_remote", TS, remote(f.now() + 30 * MIN), "liu.yang", after=30 * MIN)
+    f.do("ut_revisit", CS, revisit(sh(2026, 11, 25, 10)), "wang.fang", after=timedelta(hours=20))
+    assert f.ticket().status == "closed"
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["live-workflow", "restored-every-step"])
+def test_scans_match_the_walk_through_ticket_rounds(settings, checked, cached):
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        if not cached:
+            cf.wf_cache_size = 0  # every step restores the state: subprocesses come from the database
+        ticket_rounds(Flow(cf, clock))
+    finally:
+        gen.close()
+    # the ready lists of the engine loop, the waiting updates and the completion test were all compared,
+    # lists of two or more tasks (whose order the scan has to sort out) included
+    assert checked[("get_tasks", 1)] > 50 and checked[("get_tasks", 2)] > 0
+    assert checked[("update_waiting_tasks", 1)] > 0
+
+
+def test_scans_match_the_walk_in_a_multi_instance_task_a_loop_and_a_call_activity(cf, checked):
+    deploy(cf, "mig_loop_v1.bpmn")  # two parallel iterations of a user task
+    iid = at_intake(cf, "mig_loop")
+    assert len(cf.tasks(instance_id=iid)) == 2
+    assert run_to_end(cf, iid) == ["contact", "contact", "summary"]
+
+    deploy(cf, "mig_call_v1.bpmn")  # a call activity
+    iid = at_intake(cf, "mig_repair")
+    run_to_end(cf, iid)
+
+    deploy(cf, "mig_ticket_v1.bpmn")  # a boundary timer on a user task
+    iid = at_intake(cf, "mig_ticket")
+    run_to_end(cf, iid)
+
+    cf.deploy([BENCH / "history.bpmn"])  # a standard loop
+    r = cf.start("bench_history", {"done": False})
+    for i in range(12):
+        cf.complete(only_task(cf, r.instance_id)["id"], {"done": i == 11, "entry": f"e{i}"}, user="u")
+    assert cf.show(r.instance_id)["status"] == "completed"
+    assert checked[("get_tasks", 2)] > 0 and checked[("get_tasks", 1)] > 20
+    assert ANSWERS  # (the answers run_to_end gives)
+
+
+def _live(cf, instance_id: int) -> BpmnWorkflow:
+    return cf._wf_cache[instance_id][1]
+
+
+def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(settings):
     gen = ticket_engine(settings)
     cf, clock = next(gen)
     try:
         f = Flow(cf, clock).start()
-        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=timedelta(minutes=5))
-        f.do("ut_diagnose", TS, diagnosis(sh(2026, 11, 23, 9, 20)), "liu.yang", after=timedelta(minutes=25))
-        wf = cf._wf_cache[f.instance_id][1]  # a live workflow inside a looped call activity
-        assert wf.subprocesses, "the round runs in a subprocess"
-        accelerate(wf)
-        for state in STATES:  # READY is scanned, the rest still walk the tree: all must agree
-            flat = {t.id for t in wf.get_tasks(state=state)}
-            tree = {t.id for t in _TREE_GET_TASKS(wf, None, state=state)}
-            assert flat == tree, TaskState.get_name(state)
-        assert {t.task_spec.bpmn_id for t in wf.get_tasks(state=TaskState.READY)} == {"ut_remote"}
-        waiting = {t.id for t in wf.tasks.values() if t.state == TaskState.WAITING}
-        assert waiting == {t.id for t in _TREE_GET_TASKS(wf, None, state=TaskState.WAITING) if t.workflow is wf}
+        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
+        wf = _live(cf, f.instance_id)
+        assert wf.subprocesses, "the round runs in a subprocess created during the step"
+        for w in [wf, *wf.subprocesses.values()]:
+            assert all(name in w.__dict__ for name in FAST_METHODS)
+        cf._forget(f.instance_id)
+        f.do("ut_diagnose", TS, diagnosis(sh(2026, 11, 23, 9, 20)), "liu.yang", after=25 * MIN)
+        restored = _live(cf, f.instance_id)
+        assert restored is not wf and restored.subprocesses
+        for w in [restored, *restored.subprocesses.values()]:
+            assert all(name in w.__dict__ for name in FAST_METHODS)
+        for state in STATES:  # READY is scanned, the rest still walk the tree: all agree
+            assert [t.id for t in restored.get_tasks(state=state)] == \
+                [t.id for t in _TREE_GET_TASKS(restored, None, state=state)], TaskState.get_name(state)
+        assert [t.task_spec.bpmn_id for t in restored.get_tasks(state=TaskState.READY)] == ["ut_remote"]
     finally:
         gen.close()
+    # SpiffWorkflow's classes are untouched: the bare baseline in the same process stays bare
+    assert BpmnWorkflow.get_tasks is Workflow.get_tasks
+    assert BpmnWorkflow.update_waiting_tasks is Workflow.update_waiting_tasks
+    assert BpmnWorkflow.is_completed is Workflow.is_completed
+    assert BpmnSubWorkflow.get_tasks is Workflow.get_tasks
+    assert BpmnWorkflow.create_subprocess is fastpath._STOCK_CREATE_SUBPROCESS
+    bare = BpmnWorkflow(wf.spec, wf.subprocess_specs)
+    assert not any(name in bare.__dict__ for name in (*FAST_METHODS, "create_subprocess"))
+
+
+def test_workflow_log_records_keep_their_task_list_when_logged(settings, caplog):
+    caplog.set_level(logging.INFO)  # root at INFO, spiff.workflow's own level unset: SpiffWorkflow adds the tasks
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock).start()
+        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
+        wf = _live(cf, f.instance_id)
+        assert wf.subprocesses
+        for sub in wf.subprocesses.values():  # created by the accelerated workflow
+            started = [r for r in caplog.records if r.name == "spiff.workflow" and r.msg == "Initialized workflow"
+                       and getattr(r, "parent_task_id", None) == sub.parent_task_id]
+            assert len(started) == 1 and started[0].tasks
+            assert set(started[0].tasks) <= set(sub.tasks)
+    finally:
+        gen.close()
+
+
+def test_accelerate_is_idempotent_and_keeps_answers(settings):
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock).start()
+        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
+        wf = _live(cf, f.instance_id)
+        before = [t.id for t in wf.get_tasks(state=TaskState.READY)]
+        assert accelerate(accelerate(wf)) is wf
+        assert [t.id for t in wf.get_tasks(state=TaskState.READY)] == before
+        assert [t.id for t in wf.get_tasks(state=TaskState.READY, manual=True)] == \
+            [t.id for t in _TREE_GET_TASKS(wf, None, state=TaskState.READY, manual=True)]
+        assert wf.is_completed() is False
+    finally:
+        gen.close()
+
+
+# -- the same ticket with and without the scans ------------------------------------------------
+
+def _run_ticket(tmp_path: Path, sqlite_template: Path, name: str, monkeypatch) -> dict:
+    ids = itertools.count(1)
+    monkeypatch.setattr(SpiffWorkflow.task, "uuid4", lambda: uuid.UUID(int=next(ids)))  # same task ids
+    path = tmp_path / f"{name}.db"
+    shutil.copy(sqlite_template, path)
+    gen = ticket_engine(Settings(database_url=f"sqlite:///{path}", home=tmp_path))
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock)
+        ticket_rounds(f)
+        return _everything(cf, f.instance_id)
+    finally:
+        gen.close()
+
+
+def _everything(cf, instance_id: int) -> dict:
+    with cf.Session() as s:
+        state = json.loads(s.get(Instance, instance_id).state)
+        for wf in [state, *state["subprocesses"].values()]:
+            for task in wf["tasks"].values():
+                del task["last_state_change"]  # wall-clock time of the run
+        return {
+            # without the hashes: personal data is hashed under a random key (engine.pii)
+            "audit": [{k: v for k, v in row.items() if k not in ("hash", "prev_hash")}
+                      for row in cf.audit(instance_id)],
+            "tasks": [(t.id, t.name, t.status, t.group_name, t.assignee, t.due_at, t.completed_at)
+                      for t in s.scalars(select(HumanTask).order_by(HumanTask.created_at, HumanTask.id))],
+            "timers": [(t.task_id, t.due_at, t.status) for t in s.scalars(select(Timer).order_by(Timer.id))],
+            "outbox": [(m.idempotency_key, m.topic, m.recipient, m.payload)
+                       for m in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))],
+            "state": state,
+        }
+
+
+def test_a_ticket_runs_the_same_with_and_without_the_scans(tmp_path, sqlite_template, monkeypatch):
+    fast = _run_ticket(tmp_path, sqlite_template, "fast", monkeypatch)
+    monkeypatch.setattr(engine.runtime, "accelerate", lambda wf: wf)
+    bare = _run_ticket(tmp_path, sqlite_template, "bare", monkeypatch)
+    assert len(fast["audit"]) > 50
+    for part in fast:
+        assert fast[part] == bare[part], part

@@ -1,15 +1,96 @@
-"""Stored state: without the spec, with the finished-task cache giving the same restore as a full dump."""
+"""Stored state: without the spec, written as the stock converters would write it (byte for byte,
+task text reused or not), readable by stock SpiffWorkflow; ``to_jsonable`` as its JSON round trip."""
 
 from __future__ import annotations
 
+import enum
+import json
+import math
+import uuid
+from collections import OrderedDict, namedtuple
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
-from engine.serialization import dump_state, load_state
+import pytest
+from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.serializer.workflow import VERSION
+from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+from SpiffWorkflow.util.task import TaskState
+
+import engine.runtime
+from engine.serialization import dump_state, load_state, serializer, to_jsonable
+
+from migration_helpers import at_intake, deploy, run_to_end
+from ticket_helpers import (
+    CS,
+    TS,
+    Flow,
+    diagnosis,
+    intake,
+    onsite,
+    remote,
+    revisit,
+    sh,
+    ticket_engine,
+    visit_plan,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+_FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
-def test_incremental_dump_restores_exactly(cf):
+def _stock_serializer() -> BpmnWorkflowSerializer:
+    registry = BpmnWorkflowSerializer.configure(dict(SPIFF_CONFIG))
+    registry.register(Decimal, lambda v: {"value": str(v)}, lambda d: Decimal(d["value"]))
+    registry.register(date, lambda v: {"value": v.isoformat()}, lambda d: date.fromisoformat(d["value"]),
+                      typename="date")
+    return BpmnWorkflowSerializer(registry)
+
+
+STOCK = _stock_serializer()
+
+
+def reference_dump(wf) -> str:
+    """SpiffWorkflow's own ``serialize_json`` conversion, without the specs, and with the full data of a
+    finished task under an unfinished parent (whose delta would not stay valid)."""
+    STOCK.registry._encoder_mode = True
+    try:
+        dct = STOCK.to_dict(wf)
+        del dct["spec"], dct["subprocess_specs"]
+        for workflow, converted in [(wf, dct), *((sp, dct["subprocesses"][str(k)])
+                                                 for k, sp in wf.subprocesses.items())]:
+            for task in workflow.tasks.values():
+                parent = workflow.tasks.get(task._parent) if task._parent is not None else None
+                if task.state & _FINISHED and parent is not None and not parent.state & _FINISHED:
+                    converted["tasks"][str(task.id)].update(data=task.data, delta={})
+        dct[STOCK.VERSION_KEY] = VERSION
+        return json.dumps(dct, cls=STOCK._encoder_cls, separators=(",", ":"))
+    finally:
+        STOCK.registry._encoder_mode = False
+
+
+@pytest.fixture
+def checked_dumps(monkeypatch):
+    """Every state a step writes is compared with ``reference_dump`` (cached text and cold)."""
+    dumps = []
+
+    def checking(wf):
+        state = dump_state(wf)
+        assert state == reference_dump(wf)
+        cold = dict(wf.__dict__)
+        wf.__dict__.pop("_careflow_state_json", None)
+        assert dump_state(wf) == state
+        wf.__dict__.clear()
+        wf.__dict__.update(cold)  # keep the step's cache as it was
+        dumps.append(wf)
+        return state
+
+    monkeypatch.setattr(engine.runtime, "dump_state", checking)
+    return dumps
+
+
+def test_incremental_dump_restores_exactly(cf, checked_dumps):
     cf.deploy([BENCH / "history.bpmn"])
     r = cf.start("bench_history", {"done": False})
     for i in range(30):
@@ -20,14 +101,181 @@ def test_incremental_dump_restores_exactly(cf):
             continue
         with cf.Session() as s:
             loaded = cf.specs.get(s, 1)
-        cached = dump_state(wf)
-        wf.__dict__.pop("_careflow_task_dicts", None)
-        assert dump_state(wf) == cached or _same(load_state(cached, loaded.spec, loaded.subprocess_specs), wf)
-        restored = load_state(cached, loaded.spec, loaded.subprocess_specs)
+        state = dump_state(wf)
+        restored = load_state(state, loaded.spec, loaded.subprocess_specs)
         assert _same(restored, wf)
+        assert dump_state(restored) == state
     assert cf.show(r.instance_id)["status"] == "completed"
+    assert len(checked_dumps) == 31
+
+
+def test_ticket_states_are_the_stock_conversion_and_stock_spiffworkflow_reads_them(settings, checked_dumps):
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock).start()
+        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=timedelta(minutes=5))
+        f.do("ut_diagnose", TS, diagnosis(f.now()), "liu.yang", after=timedelta(minutes=20))
+        f.do("ut_remote", TS, remote(f.now(), solved=False), "liu.yang", after=timedelta(minutes=30))
+        f.do("ut_onsite_schedule", TS, visit_plan(sh(2026, 11, 23, 15)), "liu.yang", after=timedelta(minutes=5))
+        wf = cf._wf_cache[f.instance_id][1]
+        assert wf.subprocesses
+        # the converters of ``serializer`` (its dict form) give the same state
+        as_dict = {**serializer.to_dict(wf), serializer.VERSION_KEY: VERSION}
+        assert json.dumps(as_dict, cls=serializer._encoder_cls, separators=(",", ":")) == dump_state(wf)
+        state = json.loads(dump_state(wf))
+        # stock SpiffWorkflow restores it once the specs are put back
+        state["spec"] = STOCK.registry.convert(wf.spec)
+        state["subprocess_specs"] = {k: STOCK.registry.convert(v) for k, v in wf.subprocess_specs.items()}
+        stock = STOCK.deserialize_json(json.dumps(state))
+        assert _same(stock, wf)
+        for k, sp in wf.subprocesses.items():
+            assert _same(stock.subprocesses[k], sp)
+        f.do("ut_onsite", TS, onsite(sh(2026, 11, 23, 15), sh(2026, 11, 23, 16)), "liu.yang",
+             after=timedelta(hours=4))
+        f.do("ut_revisit", CS, revisit(sh(2026, 11, 24, 10), overall=2), "wang.fang", after=timedelta(hours=18))
+        f.do("ut_diagnose", TS, diagnosis(f.now()), "liu.yang", after=timedelta(minutes=20))  # a reopened round
+        f.do("ut_remote", TS, remote(f.now()), "liu.yang", after=timedelta(minutes=30))
+        f.do("ut_revisit", CS, revisit(sh(2026, 11, 25, 10)), "wang.fang", after=timedelta(hours=18))
+        assert f.ticket().status == "closed"
+    finally:
+        gen.close()
+    assert len(checked_dumps) == 10
+
+
+def test_multi_instance_and_call_activity_states_are_the_stock_conversion(cf, checked_dumps):
+    deploy(cf, "mig_loop_v1.bpmn")
+    run_to_end(cf, at_intake(cf, "mig_loop"))
+    deploy(cf, "mig_call_v1.bpmn")
+    run_to_end(cf, at_intake(cf, "mig_repair"))
+    assert len(checked_dumps) >= 8
+
+
+def test_states_of_old_dumps_still_load(cf):
+    """A state with the delta of every task (as SpiffWorkflow writes it) restores to the same workflow."""
+    cf.deploy([BENCH / "history.bpmn"])
+    r = cf.start("bench_history", {"done": False})
+    [t] = cf.tasks(instance_id=r.instance_id)
+    cf.complete(t["id"], {"done": False, "entry": "e0"}, user="u")
+    wf = cf._wf_cache[r.instance_id][1]
+    STOCK.registry._encoder_mode = True
+    try:
+        dct = STOCK.to_dict(wf)
+    finally:
+        STOCK.registry._encoder_mode = False
+    del dct["spec"], dct["subprocess_specs"]
+    dct[STOCK.VERSION_KEY] = VERSION
+    with cf.Session() as s:
+        loaded = cf.specs.get(s, 1)
+    restored = load_state(json.dumps(dct, cls=STOCK._encoder_cls), loaded.spec, loaded.subprocess_specs)
+    assert _same(restored, wf)
 
 
 def _same(a, b) -> bool:
     return a.tasks.keys() == b.tasks.keys() and all(
-        a.tasks[k].data == b.tasks[k].data and a.tasks[k].state == b.tasks[k].state for k in a.tasks)
+        a.tasks[k].data == b.tasks[k].data and a.tasks[k].state == b.tasks[k].state
+        and a.tasks[k]._children == b.tasks[k]._children for k in a.tasks)
+
+
+# -- to_jsonable ------------------------------------------------------------------------------
+
+def _old_default(value):
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+def round_trip(value):
+    """The implementation ``to_jsonable`` replaced."""
+    return json.loads(json.dumps(value, default=_old_default))
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Mode(str, enum.Enum):  # noqa: UP042 (str() is "Mode.PHONE", json writes "phone")
+    PHONE = "phone"
+
+
+class Tag(str):
+    def __str__(self):
+        return "not the data"
+
+
+class Score(float):
+    pass
+
+
+class Rows(list):
+    pass
+
+
+class Obj:
+    def __repr__(self):
+        return "<Obj>"
+
+
+Point = namedtuple("Point", "x y")
+CST = timezone(timedelta(hours=8))
+
+VALUES = [
+    None, True, False, 0, -7, 2**70, 1.5, -0.0, float("nan"), float("inf"), float("-inf"), "", "中文 / text",
+    "\ud800 lone surrogate", [], {}, (), [1, "a", None, [2.5, {"k": (3, 4)}]],
+    {"nested": {"list": [{"deep": [1, 2, {"x": None}]}], "t": (1, (2, 3))}},
+    datetime(2026, 11, 23, 9, 30, tzinfo=CST), datetime(2026, 11, 23, 9, 30), datetime(2026, 1, 1, tzinfo=UTC),
+    date(2026, 2, 28), time(9, 30), timedelta(hours=2), Decimal("12.50"), Decimal("NaN"), Decimal("-1E+3"),
+    {1, 2}, frozenset({"a"}), {"s": {3}}, uuid.UUID(int=5), b"bytes", Obj(), len, Color.RED, Level.HIGH,
+    Mode.PHONE, Tag("tag"), Score(2.5), Rows([1, (2,)]), Point(1, 2), OrderedDict(b=1, a=2),
+    {3: "int key", 2.5: "float key", True: "bool key", False: "false key", None: "none key"},
+    {float("nan"): "nan key", float("inf"): "inf", float("-inf"): "-inf", -0.0: "minus zero"},
+    {1: "a", "1": "b", "2": "c", 2: "d"},  # keys that meet after conversion: first place, last value
+    {Level.HIGH: "intenum key"}, {Mode.PHONE: "str enum key"}, {Tag("k"): Tag("v")},
+    {"when": [datetime(2026, 3, 1, 12, tzinfo=UTC), {"amount": Decimal("3.10"), "on": date(2026, 3, 2)}]},
+    {"big": 10**5000 // 10**4990, "list": [Decimal("1.0"), {"set": {"x"}}]},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_to_jsonable_is_the_json_round_trip(value):
+    new, old = to_jsonable(value), round_trip(value)
+    assert repr(new) == repr(old)  # types and key order too: 1 vs 1.0 vs True, "1" first or last
+    assert new == old or (isinstance(old, float) and math.isnan(old))
+
+
+@pytest.mark.parametrize("value", [
+    {(1, 2): "tuple key"}, {"ok": {Obj(): 1}}, [10**5000], {"n": 10**5000}, {10**5000: 1},
+])
+def test_to_jsonable_fails_as_the_round_trip_does(value):
+    with pytest.raises((TypeError, ValueError)) as old:
+        round_trip(value)
+    with pytest.raises(type(old.value)) as new:
+        to_jsonable(value)
+    assert str(new.value) == str(old.value)
+
+
+def test_to_jsonable_refuses_circular_values_as_json_does():
+    loop: dict = {"a": [1]}
+    loop["a"].append(loop)
+    for value in (loop, [loop], {"x": {"y": loop}}):
+        with pytest.raises(ValueError, match="Circular reference detected"):
+            round_trip(value)
+        with pytest.raises(ValueError, match="Circular reference detected"):
+            to_jsonable(value)
+    shared = [1, 2]
+    assert to_jsonable({"a": shared, "b": shared, "c": [shared, shared]}) == \
+        round_trip({"a": shared, "b": shared, "c": [shared, shared]})  # shared, not circular
+
+
+def test_to_jsonable_returns_new_containers():
+    value = {"a": [1, {"b": 2}]}
+    out = to_jsonable(value)
+    assert out == value and out is not value and out["a"] is not value["a"] and out["a"][1] is not value["a"][1]
