@@ -23,7 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from engine.audit import AuditEvent, append_events
@@ -97,6 +111,85 @@ class SlaEscalation(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime())  # when the rung was due
     fired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     outbox_key: Mapped[str] = mapped_column(String(200))
+
+
+# ------------------------------------------------------------------ Core statements
+# The step path reads and writes clocks with prebuilt Core statements on the session's
+# connection (a fraction of the ORM's cost per statement); ORM objects of the same rows
+# that the session may hold are flushed before and expired after (``expire_loaded``).
+
+_CLOCKS = SlaClockRow.__table__
+_INSERT_CLOCK = insert(_CLOCKS)
+_UPDATE_CLOCK = update(_CLOCKS).where(_CLOCKS.c.id == bindparam("b_id"))
+_UPDATE_SUBJECT = update(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("b_subject"))
+_SELECT_SUBJECT = select(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("subject")).order_by(_CLOCKS.c.id)
+# what stopping a clock and changing its owner read (``clock_of`` needs the start, budget, ledger, history)
+_WORK_COLUMNS = tuple(_CLOCKS.c[n] for n in ("id", "subject_key", "instance_id", "name", "status", "tier", "policy",
+                                             "budget", "started_at", "pauses", "history", "owner", "group_name"))
+_SELECT_WORK_STATEMENTS = {}  # (several subjects, open only, locked) -> prebuilt select
+for _many in (False, True):
+    for _open_only in (False, True):
+        _stmt = select(*_WORK_COLUMNS).where(_CLOCKS.c.subject_key.in_(bindparam("subjects", expanding=True)) if _many
+                                             else _CLOCKS.c.subject_key == bindparam("subject"))
+        if _open_only:
+            _stmt = _stmt.where(_CLOCKS.c.status.in_(OPEN_STATES))
+        _stmt = _stmt.order_by(_CLOCKS.c.id)
+        _SELECT_WORK_STATEMENTS[_many, _open_only, False] = _stmt
+        _SELECT_WORK_STATEMENTS[_many, _open_only, True] = _stmt.with_for_update()
+del _many, _open_only, _stmt
+
+
+class ClockValues:
+    """The columns of one ``sla_clocks`` row as plain attributes, read or written without the ORM.
+
+    ``clock_of``, ``recompute`` and ``clock_info`` take it as they take an ``SlaClockRow``.
+    """
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def columns(self) -> dict[str, Any]:
+        """The column values (without ``id``), as an INSERT takes them."""
+        return {k: v for k, v in self.__dict__.items() if k != "id"}
+
+
+def connection(session: Session) -> Connection:
+    """The session's connection for Core statements, once pending ORM changes are flushed.
+
+    The Core statements then read what the ORM objects say, and expiring an object after a
+    Core write never drops a change of its own.
+    """
+    session.flush()
+    return session.connection()
+
+
+def expire_loaded(session: Session, cls: type, ids: list[int]) -> None:
+    """Expire the ORM objects of ``cls`` with these ids the session holds (they reload what Core wrote)."""
+    identity_map = session.identity_map
+    if not len(identity_map):
+        return
+    mapper = cls.__mapper__
+    for ident in ids:
+        obj = identity_map.get(mapper.identity_key_from_primary_key((ident,)))
+        if obj is not None:
+            session.expire(obj)
+
+
+def load_clocks(conn: Connection, subjects: list[str], *, lock: bool, open_only: bool = False) -> list[ClockValues]:
+    """The clocks of these subjects (``open_only``: running or paused ones), oldest first.
+
+    Only the columns stopping a clock and changing its owner need are read. ``lock``:
+    ``FOR UPDATE`` on PostgreSQL.
+    """
+    many = len(subjects) != 1
+    stmt = _SELECT_WORK_STATEMENTS[many, open_only, lock and conn.dialect.name == "postgresql"]
+    params = {"subjects": list(subjects)} if many else {"subject": subjects[0]}
+    return [ClockValues(dict(r._mapping)) for r in conn.execute(stmt, params)]
+
+
+def _full_rows(conn: Connection, subject_key: str) -> list[ClockValues]:
+    """Every column of every clock of a subject, oldest first (no lock)."""
+    return [ClockValues(dict(r._mapping)) for r in conn.execute(_SELECT_SUBJECT, {"subject": subject_key})]
 
 
 # --------------------------------------------------------------------------- calendar
@@ -184,14 +277,17 @@ def fired_occurrences(session: Session, clock_id: int) -> dict[str, int]:
 
 
 def recompute(session: Session, row: SlaClockRow, now: datetime | None = None,
-              fired: dict[str, int] | None = None) -> None:
-    """Refresh ``due_at`` and ``next_rung_at`` of a row from its ledger, history and ladder."""
+              fired: dict[str, int] | None = None, clock: RenegotiatedClock | None = None) -> None:
+    """Refresh ``due_at`` and ``next_rung_at`` of a row from its ledger, history and ladder.
+
+    ``clock``: the row's ``clock_of``, when the caller has it already.
+    """
     from engine.escalation import next_rung
 
     if row.status not in OPEN_STATES:
         row.next_rung_at = None
         return
-    clock = clock_of(row)
+    clock = clock if clock is not None else clock_of(row)
     row.due_at = clock.deadline()
     if row.status == PAUSED:
         row.next_rung_at = None
@@ -275,7 +371,11 @@ def _rows(session: Session, subject_key: str, names: list[str] | None = None, lo
     q = select(SlaClockRow).where(SlaClockRow.subject_key == subject_key).order_by(SlaClockRow.id)
     if lock and session.get_bind().dialect.name == "postgresql":
         q = q.with_for_update()
-    rows = list(session.scalars(q))
+    return _pick(list(session.scalars(q)), subject_key, names)
+
+
+def _pick(rows: list, subject_key: str, names: list[str] | None) -> list:
+    """The clocks named (all when ``names`` is None) of a subject's rows; ``NotFound`` if any is missing."""
     if not rows:
         raise NotFound(f"no SLA clocks for '{subject_key}'")
     if names is not None:
@@ -306,41 +406,84 @@ def open_clocks(session: Session, *, subject_type: str, subject_key: str, instan
     each clock from ``pm.hook.careflow_escalation_ladder(clock=...)``. A clock the subject
     already has is left as it is (calling again is harmless) and its due time returned.
     """
+    opening = prepare_clocks(session, subject_type=subject_type, subject_key=subject_key, instance_id=instance_id,
+                             priority=priority, ticket_type=ticket_type, tier=tier, owner=owner, group=group,
+                             started_at=started_at, pm=pm, actor=actor)
+    opening.write(session)
+    return opening.dues
+
+
+@dataclass
+class ClockOpening:
+    """The clocks ``open_clocks`` opens for a subject, computed by ``prepare_clocks`` and not written yet."""
+
+    subject_type: str
+    subject_key: str
+    instance_id: int | None
+    policy: str
+    priority: str | None
+    tier: str | None
+    owner: str | None
+    group: str | None
+    started_at: datetime
+    actor: str | None
+    existing: list[ClockValues]  # the subject's clocks before (every column), oldest first
+    new: list[ClockValues]  # the clocks to open, in policy order (no ``id``: not read back)
+    dues: dict[str, datetime | None]  # what ``open_clocks`` returns
+
+    @property
+    def rows(self) -> list[ClockValues]:
+        """Every clock the subject has once written, oldest first."""
+        return self.existing + self.new
+
+    def write(self, session: Session) -> None:
+        """Insert the new clocks (in the session's transaction) and audit ``sla_clocks_opened``."""
+        if not self.new:
+            return
+        session.connection().execute(_INSERT_CLOCK, [r.columns() for r in self.new])
+        _audit(session, "sla_clocks_opened", self.started_at, self.instance_id, self.actor,
+               {"subject_type": self.subject_type, "subject_key": self.subject_key, "policy": self.policy,
+                "priority": self.priority, "tier": self.tier, "owner": self.owner, "group": self.group,
+                "clocks": {r.name: {"budget": r.budget, "due_at": _iso(r.due_at)} for r in self.new}})
+
+
+def prepare_clocks(session: Session, *, subject_type: str, subject_key: str, instance_id: int | None,
+                   priority: str | None, ticket_type: str | None, tier: str | None, owner: str | None,
+                   group: str | None, started_at: datetime, pm, actor: str | None = None) -> ClockOpening:
+    """What ``open_clocks`` would open (policy and ladder hooks asked, deadlines computed); ``write`` opens them."""
     if not subject_key or not isinstance(subject_key, str):
         raise SlaError(f"subject_key must be a non-empty string, got {subject_key!r}")
     started_at = _aware(started_at, "started_at")
     policy = _policy(pm, subject_type, priority, ticket_type, tier)
     cal = get_calendar()
-    existing = {r.name: r for r in session.scalars(select(SlaClockRow)
-                                                   .where(SlaClockRow.subject_key == subject_key))}
-    out: dict[str, datetime | None] = {}
-    opened: dict[str, dict] = {}
+    existing = _full_rows(connection(session), subject_key)
+    by_name = {r.name: r for r in existing}
+    dues: dict[str, datetime | None] = {}
+    new: list[ClockValues] = []
     now = utcnow()
     for name, spec in policy["clocks"].items():
-        if name in existing:
-            out[name] = existing[name].due_at
+        if name in by_name:
+            dues[name] = by_name[name].due_at
             continue
         if spec is None:
-            out[name] = None
+            dues[name] = None
             continue
         budget = _parse_budget(name, spec, policy["policy"])
-        row = SlaClockRow(subject_type=subject_type, subject_key=subject_key, instance_id=instance_id, name=name,
-                          status=RUNNING, priority=priority, ticket_type=ticket_type, tier=tier,
-                          policy=policy["policy"], budget=budget.spec, calendar_name=cal.name,
-                          started_at=started_at, pauses=[], history=[], ladder=[], owner=owner,
-                          group_name=group, created_at=now, updated_at=now)
-        row.due_at = clock_of(row, cal).deadline()
+        row = ClockValues({
+            "id": None, "subject_type": subject_type, "subject_key": subject_key, "instance_id": instance_id,
+            "name": name, "status": RUNNING, "priority": priority, "ticket_type": ticket_type, "tier": tier,
+            "policy": policy["policy"], "budget": budget.spec, "calendar_name": cal.name, "started_at": started_at,
+            "pauses": [], "history": [], "ladder": [], "due_at": None, "stopped_at": None, "next_rung_at": None,
+            "owner": owner, "group_name": group, "created_at": now, "updated_at": now})
+        clock = clock_of(row, cal)
+        row.due_at = clock.deadline()
         row.ladder = _ladder(pm, clock_info(row))
-        recompute(session, row, fired={})
-        session.add(row)
-        out[name] = row.due_at
-        opened[name] = {"budget": budget.spec, "due_at": _iso(row.due_at)}
-    if opened:
-        session.flush()
-        _audit(session, "sla_clocks_opened", started_at, instance_id, actor,
-               {"subject_type": subject_type, "subject_key": subject_key, "policy": policy["policy"],
-                "priority": priority, "tier": tier, "owner": owner, "group": group, "clocks": opened})
-    return out
+        recompute(session, row, fired={}, clock=clock)
+        new.append(row)
+        dues[name] = row.due_at
+    return ClockOpening(subject_type=subject_type, subject_key=subject_key, instance_id=instance_id,
+                        policy=policy["policy"], priority=priority, tier=tier, owner=owner, group=group,
+                        started_at=started_at, actor=actor, existing=existing, new=new, dues=dues)
 
 
 def stop_clock(session: Session, subject_key: str, name: str, at: datetime, actor: str | None = None) -> None:
@@ -349,22 +492,38 @@ def stop_clock(session: Session, subject_key: str, name: str, at: datetime, acto
     Stopping a stopped clock changes nothing.
     """
     at = _aware(at, "at")
-    (row,) = _rows(session, subject_key, [name])
-    if row.status not in OPEN_STATES:
-        return
-    clock = clock_of(row)
-    if clock.is_paused:
-        _guard(clock.resume, at)
-        row.pauses = [p.to_dict() for p in clock.pauses]
-    due = clock.deadline()
-    row.due_at = due
-    row.status = MET if due is None or at <= due else BREACHED
-    row.stopped_at = at
-    row.next_rung_at = None
-    row.updated_at = utcnow()
-    _audit(session, "sla_clock_stopped", at, row.instance_id, actor,
-           {"subject_key": subject_key, "clock": name, "outcome": row.status, "due_at": _iso(due),
-            "stopped_at": at.isoformat()})
+    conn = connection(session)
+    (row,) = _pick(load_clocks(conn, [subject_key], lock=True), subject_key, [name])
+    stop_clocks(session, [row], at, actor=actor)
+
+
+def stop_clocks(session: Session, rows: list[ClockValues], at: datetime, actor: str | None = None) -> None:
+    """Stop the given clocks (loaded with ``load_clocks``, locked) at ``at``, one after the other, as ``stop_clock``.
+
+    Clocks already stopped are left alone; the rows are updated in place.
+    """
+    at = _aware(at, "at")
+    for row in rows:
+        if row.status not in OPEN_STATES:
+            continue
+        clock = clock_of(row)
+        values: dict[str, Any] = {}
+        if clock.is_paused:
+            _guard(clock.resume, at)
+            row.pauses = values["pauses"] = [p.to_dict() for p in clock.pauses]
+        due = clock.deadline()
+        row.due_at = due
+        row.status = MET if due is None or at <= due else BREACHED
+        row.stopped_at = at
+        row.next_rung_at = None
+        row.updated_at = utcnow()
+        session.connection().execute(_UPDATE_CLOCK, {**values, "b_id": row.id, "due_at": due, "status": row.status,
+                                                     "stopped_at": at, "next_rung_at": None,
+                                                     "updated_at": row.updated_at})
+        expire_loaded(session, SlaClockRow, [row.id])
+        _audit(session, "sla_clock_stopped", at, row.instance_id, actor,
+               {"subject_key": row.subject_key, "clock": row.name, "outcome": row.status, "due_at": _iso(due),
+                "stopped_at": at.isoformat()})
 
 
 def _guard(fn, *args):
@@ -505,12 +664,24 @@ def set_owner(session: Session, subject_key: str, owner: str | None, group: str 
 
     ``group`` None keeps the current group.
     """
-    rows = _rows(session, subject_key)
+    set_owner_of(session, load_clocks(connection(session), [subject_key], lock=True), subject_key, owner, group)
+
+
+def set_owner_of(session: Session, rows: list[ClockValues], subject_key: str, owner: str | None,
+                 group: str | None = None) -> None:
+    """``set_owner`` on a subject's clocks already loaded (every clock of it, locked); updates them in place."""
+    rows = _pick(rows, subject_key, None)
     before = rows[0].owner
-    for row in rows:
-        row.owner = owner
+    if any(r.owner != owner or (group is not None and r.group_name != group) for r in rows):
+        params: dict[str, Any] = {"b_subject": subject_key, "owner": owner}
         if group is not None:
-            row.group_name = group
+            params["group_name"] = group
+        session.connection().execute(_UPDATE_SUBJECT, params)
+        for row in rows:
+            row.owner = owner
+            if group is not None:
+                row.group_name = group
+        expire_loaded(session, SlaClockRow, [r.id for r in rows])
     if before != owner:
         _audit(session, "sla_owner_changed", utcnow(), rows[0].instance_id, None,
                {"subject_key": subject_key, "from": before, "to": owner, "group": group})

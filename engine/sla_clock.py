@@ -19,6 +19,7 @@ a pause is open the clock stands still and the deadline is ``None``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ class Budget:
             return text
         if not isinstance(text, str):
             raise BudgetError(f"budget must be a string, got {text!r}; expected {_ACCEPTED}")
+        return cls._parse_spec(text)
+
+    @classmethod
+    @functools.lru_cache(maxsize=512)  # a budget is immutable: every clock read parses one of a few specs
+    def _parse_spec(cls, text: str) -> Budget:
         spec = text.strip().upper().replace(",", ".")
         m = _WORKING_RE.fullmatch(spec)
         if m:

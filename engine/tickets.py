@@ -36,13 +36,30 @@ stops with the first response (the diagnosis is the plan).
 
 from __future__ import annotations
 
+import functools
 import threading
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from lxml import etree
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, UniqueConstraint, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from engine import sla
@@ -153,6 +170,31 @@ class TicketSerial(Base):
 
     day: Mapped[str] = mapped_column(String(8), primary_key=True)  # YYYYMMDD
     last: Mapped[int] = mapped_column(Integer)
+
+
+# ------------------------------------------------------------------ Core statements
+# The host functions run in every after-sales step: they read and write with prebuilt Core
+# statements on the step's connection rather than ORM objects (see ``engine.sla``: pending ORM
+# changes are flushed before, ORM objects of the rows written are expired after).
+
+_TICKETS = Ticket.__table__
+_INSERT_TICKET = insert(_TICKETS)
+_INSERT_EVENT = insert(TicketEvent.__table__)
+_UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("b_id"))
+_UPDATE_COLUMNS = ("id", "number", "instance_id", "customer_id", "customer_name", "customer_tier", "type",
+                   "priority", "status", "round", "reopen_count", "received_at", "sla_policy", "sla_subject",
+                   "first_response_due", "solution_due", "solution_warn_at", "first_response_at", "resolved_at",
+                   "resolved_by", "engineer", "overall_score", "facts")  # what update_ticket reads
+_SELECT_FOR_UPDATE = select(*(_TICKETS.c[n] for n in _UPDATE_COLUMNS)).where(_TICKETS.c.number == bindparam("number"))
+_SELECT_FOR_UPDATE_PG = _SELECT_FOR_UPDATE.with_for_update()
+_SELECT_CUSTOMER_ID = select(_TICKETS.c.customer_id).where(_TICKETS.c.number == bindparam("number"))
+
+
+class TicketValues:
+    """Columns of one ``tickets`` row as plain attributes (``ticket_view`` takes it like a ``Ticket``)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -266,35 +308,57 @@ def format_number(day: str, serial: int) -> str:
 def next_number(session: Session, at: datetime) -> str:
     """Take the next ticket number of ``at``'s Asia/Shanghai day (atomic; locks that day's serial row)."""
     day = local_day(at)
-    serial = session.execute(_SERIAL_UPSERT, {"day": day}).scalar_one()
+    serial = session.connection().execute(_SERIAL_UPSERT, {"day": day}).scalar_one()
     return format_number(day, int(serial))
 
 
 # --------------------------------------------------------------------- customer registry
 
 _registry_ready: set[str] = set()
+_registry_engines: weakref.WeakSet = weakref.WeakSet()  # engines whose database has the registry
 _registry_lock = threading.Lock()
 
 
-def _registry(session: Session):
+def _registry(session: Session, conn: Connection | None = None):
     """``engine.customers`` when the customer registry is installed and migrated, else None."""
     try:
         from engine import customers
     except ImportError:
         return None
-    bind = session.get_bind()
+    conn = conn if conn is not None else session.connection()
+    bind = conn.engine
+    if bind in _registry_engines:
+        return customers
     key = bind.url.render_as_string(hide_password=True)
     if key not in _registry_ready:
-        if not inspect(session.connection()).has_table("customers"):
+        if not inspect(conn).has_table("customers"):
             return None
         with _registry_lock:
             _registry_ready.add(key)
+    with _registry_lock:
+        _registry_engines.add(bind)
     return customers
 
 
-def _registry_customer(session: Session, customer: dict):
-    """The registry customer an intake names: by registry id, else by phone; None if unknown."""
-    reg = _registry(session)
+@functools.lru_cache(maxsize=1024)
+def _phone_key(reg, phone: str) -> str | None:
+    """The registry's duplicate key of a phone number (None when it is no phone number)."""
+    try:
+        return reg.normalize_phone(phone)[1]
+    except ValueError:
+        return None
+
+
+_by_phone: dict[Any, Any] = {}  # registry module -> prebuilt select of an active customer by phone key
+
+
+def _registry_customer(session: Session, customer: dict, conn: Connection | None = None):
+    """The registry customer an intake names: by registry id, else by phone; None if unknown.
+
+    The phone lookup reads only the columns a ticket copies (``id``, ``name``,
+    ``customer_type``, ``tier``).
+    """
+    reg = _registry(session, conn)
     if reg is None:
         return None
     cid = customer.get("customer_id")
@@ -305,12 +369,15 @@ def _registry_customer(session: Session, customer: dict):
             pass
     phone = customer.get("phone")
     if phone:
-        try:
-            _, key = reg.normalize_phone(str(phone))
-        except ValueError:
+        key = _phone_key(reg, str(phone))
+        if key is None:
             return None
-        return session.scalar(select(reg.Customer).where(reg.Customer.status == "active",
-                                                         reg.Customer.phone_key == key))
+        stmt = _by_phone.get(reg)
+        if stmt is None:
+            c = reg.Customer.__table__.c
+            stmt = _by_phone[reg] = (select(c.id, c.name, c.customer_type, c.tier)
+                                     .where(c.status == "active", c.phone_key == bindparam("key")))
+        return (conn if conn is not None else session.connection()).execute(stmt, {"key": key}).first()
     return None
 
 
@@ -321,20 +388,25 @@ def request_ticket_revisit_in(session: Session, number: str, *, now: datetime, a
     request id, or None for a ticket without a registry customer. Asking twice for the
     same ticket returns the same request.
     """
-    row = session.scalar(select(Ticket).where(Ticket.number == number))
-    if row is None:
+    conn = sla.connection(session)
+    found = conn.execute(_SELECT_CUSTOMER_ID, {"number": number}).first()
+    if found is None:
         raise NotFound(f"no ticket {number}")
-    if _registry(session) is None or not row.customer_id or not row.customer_id.isdigit():
+    customer_id = found.customer_id
+    if _registry(session, conn) is None or not customer_id or not customer_id.isdigit():
         return None
     from engine.revisits import request_revisit
 
-    return request_revisit(session, row.customer_id, f"工单 {number} 结案回访 / revisit after ticket {number}",
+    return request_revisit(session, customer_id, f"工单 {number} 结案回访 / revisit after ticket {number}",
                            key=f"ticket:{number}", actor=actor, now=now)
 
 
-def _record_contact(session: Session, row: Ticket, summary: str, actor: str, now: datetime) -> None:
+def _record_contact(session: Session, row: Ticket | TicketValues, summary: str, actor: str,
+                    now: datetime) -> None:
+    if not row.customer_id or not row.customer_id.isdigit():
+        return  # the intake's own id, not a registry customer
     reg = _registry(session)
-    if reg is None or not row.customer_id or not row.customer_id.isdigit():
+    if reg is None:
         return
     try:
         reg.record_contact(session, row.customer_id, "ticket", summary, by=actor, at=now,
@@ -346,36 +418,74 @@ def _record_contact(session: Session, row: Ticket, summary: str, actor: str, now
 # ------------------------------------------------------------------------------- clocks
 
 
-def _open_round_clocks(session: Session, row: Ticket, round_no: int, started_at: datetime, *, pm,
-                       actor: str) -> None:
-    """Open the SLA clocks of a round and copy its deadlines onto the row."""
+def _round_clocks(session: Session, row: TicketValues, round_no: int, started_at: datetime, *, pm,
+                  actor: str) -> sla.ClockOpening:
+    """The SLA clocks of a round, not written yet; their deadlines are copied onto the row."""
     key = subject_key(row.number, round_no)
-    sla.open_clocks(session, subject_type="ticket", subject_key=key, instance_id=row.instance_id,
-                    priority=row.priority, ticket_type=row.type, tier=row.customer_tier,
-                    owner=row.engineer, group=SLA_GROUP, started_at=started_at, pm=pm, actor=actor)
-    rows = _clock_rows(session, [key])
+    opening = sla.prepare_clocks(session, subject_type="ticket", subject_key=key, instance_id=row.instance_id,
+                                 priority=row.priority, ticket_type=row.type, tier=row.customer_tier,
+                                 owner=row.engineer, group=SLA_GROUP, started_at=started_at, pm=pm, actor=actor)
+    rows = opening.rows
     first, solution = _role_clock(rows, "first_response"), _role_clock(rows, "solution")
-    if solution is None:
+    if solution is not None:
+        row.sla_subject = key
+        row.sla_policy = solution.policy
+        row.first_response_due = first.due_at if first is not None else None
+        row.solution_due = solution.due_at
+        row.solution_warn_at = sla.clock_of(solution).due_at_fraction(WARN_FRACTION)
+    return opening
+
+
+def _require_solution_clock(row: TicketValues, opening: sla.ClockOpening) -> None:
+    rows = opening.rows
+    if _role_clock(rows, "solution") is None:
         raise TicketError(f"the SLA policy for {row.priority} {row.type} tickets gives no solution clock "
                           f"(it gives {', '.join(r.name for r in rows) or 'none'}); the after-sales process "
                           "needs a 'solution' (or 'resolve') clock")
-    row.sla_subject = key
-    row.sla_policy = solution.policy
-    row.first_response_due = first.due_at if first is not None else None
-    row.solution_due = solution.due_at
-    row.solution_warn_at = sla.clock_of(solution).due_at_fraction(WARN_FRACTION)
 
 
-def _stop(session: Session, rows: list[sla.SlaClockRow], at: datetime, actor: str) -> None:
-    for r in rows:
-        if r.status in sla.OPEN_STATES:
-            sla.stop_clock(session, r.subject_key, r.name, at, actor=actor)
+def _open_round_clocks(session: Session, row: TicketValues, round_no: int, started_at: datetime, *, pm,
+                       actor: str) -> None:
+    """Open the SLA clocks of a round and copy its deadlines onto the row."""
+    opening = _round_clocks(session, row, round_no, started_at, pm=pm, actor=actor)
+    opening.write(session)
+    _require_solution_clock(row, opening)
+
+
+class _Clocks:
+    """The SLA clocks one ticket update reads: loaded (PostgreSQL: locked) once per subject, kept current."""
+
+    def __init__(self, session: Session, conn: Connection) -> None:
+        self.session, self.conn = session, conn
+        self.by_subject: dict[str, list[sla.ClockValues]] = {}
+
+    def of(self, subject: str) -> list[sla.ClockValues]:
+        """Every clock of ``subject``, oldest first."""
+        if subject not in self.by_subject:
+            self.by_subject[subject] = sla.load_clocks(self.conn, [subject], lock=True)
+        return list(self.by_subject[subject])
+
+    def running(self, subjects: list[str]) -> list[sla.ClockValues]:
+        """The running or paused clocks of ``subjects``, oldest first (those not loaded yet: read now)."""
+        out = [r for s in subjects if s in self.by_subject for r in self.by_subject[s] if r.status in sla.OPEN_STATES]
+        missing = [s for s in subjects if s not in self.by_subject]
+        if missing:
+            out += sla.load_clocks(self.conn, missing, lock=True, open_only=True)
+        return sorted(out, key=lambda r: r.id) if len(subjects) > 1 else out
+
+    def set_owner(self, subject: str, owner: str | None) -> None:
+        """``sla.set_owner`` on the loaded clocks of ``subject``."""
+        sla.set_owner_of(self.session, self.of(subject), subject, owner)
+
+    def stop(self, rows: list[sla.ClockValues], at: datetime, actor: str) -> None:
+        """Stop those of ``rows`` still running or paused."""
+        sla.stop_clocks(self.session, [r for r in rows if r.status in sla.OPEN_STATES], at, actor=actor)
 
 
 # -------------------------------------------------------------------------------- views
 
 
-def ticket_view(row: Ticket) -> dict[str, Any]:
+def ticket_view(row: Ticket | TicketValues) -> dict[str, Any]:
     """The ticket as the process keeps it in its data (``ticket``): number, status, deadlines (ISO)."""
     return {
         "number": row.number, "status": row.status, "round": row.round, "type": row.type,
@@ -458,7 +568,8 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
     customer = intake.get("customer") if isinstance(intake.get("customer"), dict) else {}
     contact = intake.get("contact") if isinstance(intake.get("contact"), dict) else {}
     problem = intake.get("problem") if isinstance(intake.get("problem"), dict) else {}
-    known = _registry_customer(session, customer)
+    conn = sla.connection(session)
+    known = _registry_customer(session, customer, conn)
     if known is not None:
         cust_id, name, ctype = str(known.id), known.name, known.customer_type
         tier = known.tier or customer.get("tier")
@@ -467,19 +578,25 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
         name, ctype, tier = customer.get("name"), customer.get("customer_type"), customer.get("tier")
     classification = intake.get("classification") if isinstance(intake.get("classification"), dict) else None
     number = next_number(session, now)
-    row = Ticket(number=number, instance_id=instance_id, customer_id=_cut(cust_id, 64),
-                 customer_name=_cut(name, 200), customer_type=_cut(ctype, 20), customer_tier=_cut(tier, 30),
-                 phone=_cut(customer.get("phone") or contact.get("phone"), 40),
-                 contact_name=_cut(contact.get("name"), 100), channel=_cut(intake.get("channel"), 20),
-                 type=ticket_type, priority=priority, status="open", round=1, reopen_count=0,
-                 symptom=problem.get("symptom"),
-                 fault_category=_cut((classification or {}).get("fault_category"), 30), received_at=received_at,
-                 occurred_at=occurred_at, created_at=now, created_by=actor, sla_subject=number, spare_parts=[],
-                 facts={"classification": classification} if classification else {}, last_update_at=now)
-    session.add(row)
-    session.flush()
-    _open_round_clocks(session, row, 1, received_at, pm=pm, actor=actor)
-    session.add(TicketEvent(number=number, at=now, status="open", round=1, reason=None, by=actor))
+    row = TicketValues({
+        "number": number, "instance_id": instance_id, "customer_id": _cut(cust_id, 64),
+        "customer_name": _cut(name, 200), "customer_type": _cut(ctype, 20), "customer_tier": _cut(tier, 30),
+        "phone": _cut(customer.get("phone") or contact.get("phone"), 40),
+        "contact_name": _cut(contact.get("name"), 100), "channel": _cut(intake.get("channel"), 20),
+        "type": ticket_type, "priority": priority, "status": "open", "round": 1, "reopen_count": 0,
+        "symptom": problem.get("symptom"),
+        "fault_category": _cut((classification or {}).get("fault_category"), 30), "received_at": received_at,
+        "occurred_at": occurred_at, "created_at": now, "created_by": actor, "sla_policy": None,
+        "sla_subject": number, "first_response_due": None, "solution_due": None, "solution_warn_at": None,
+        "first_response_at": None, "resolved_at": None, "resolved_by": None, "closed_at": None, "visit_at": None,
+        "engineer": None, "spare_parts": [], "overall_score": None,  # satisfaction: SQL NULL, not JSON null
+        "facts": {"classification": classification} if classification else {}, "last_update_at": now})
+    opening = _round_clocks(session, row, 1, received_at, pm=pm, actor=actor)
+    conn.execute(_INSERT_TICKET, dict(row.__dict__))  # the ticket row first, its clocks after, as ever
+    opening.write(session)
+    _require_solution_clock(row, opening)
+    conn.execute(_INSERT_EVENT, {"number": number, "at": now, "status": "open", "round": 1, "reason": None,
+                                 "by_user": actor})
     step = _step_for(session)
     if step is not None and step.instance_id == instance_id:
         step.business_key = number
@@ -505,7 +622,13 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
     ``visit_at``, ``engineer``, ``resolved_by``, ``fault_category``, ``spare_parts``,
     ``satisfaction``); any other fact is kept in ``facts``. A closed ticket cannot change.
     """
-    row = _lock(session, number)
+    conn = sla.connection(session)
+    found = conn.execute(_SELECT_FOR_UPDATE_PG if conn.dialect.name == "postgresql" else _SELECT_FOR_UPDATE,
+                         {"number": str(number)}).first()
+    if found is None:
+        raise NotFound(f"no ticket {number!r}")
+    loaded = dict(found._mapping)
+    row = TicketValues(loaded)
     if row.status == "closed":
         raise Conflict(f"ticket {row.number} is closed; it cannot change any more")
     status = facts.pop("status", None)
@@ -521,6 +644,7 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
         facts.pop(k, None)
     before = {"status": row.status, "round": row.round}
     changed: list[str] = []
+    clocks = _Clocks(session, conn)
 
     if status == "reopened":
         failed_round = round_no or row.round
@@ -563,36 +687,42 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
         changed += sorted(rest)
 
     if row.engineer and "engineer" in changed:
-        sla.set_owner(session, row.sla_subject, row.engineer)
+        clocks.set_owner(row.sla_subject, row.engineer)
     responded = times.get("first_response_at") or (now if status in LEFT_DIAGNOSIS else None)
     if responded is not None and row.first_response_at is None:
-        current = _clock_rows(session, [row.sla_subject])
+        current = clocks.of(row.sla_subject)
         round_start = min((r.started_at for r in current), default=row.received_at)
         responded = max(responded, round_start)  # a contact before this round began answers nothing in it
         row.first_response_at = responded
         changed.append("first_response_at")
         if _is_person(actor) and "engineer" not in changed:  # whoever responds owns the round
             row.engineer = _cut(actor, 150)
-            sla.set_owner(session, row.sla_subject, row.engineer)
-        stops = [r for r in current if r.name in CLOCK_ROLES["first_response"] + STOP_WITH_FIRST_RESPONSE]
-        _stop(session, stops, responded, actor)
+            clocks.set_owner(row.sla_subject, row.engineer)
+        clocks.stop([r for r in current if r.name in CLOCK_ROLES["first_response"] + STOP_WITH_FIRST_RESPONSE],
+                    responded, actor)
     if status == "resolved" or times.get("resolved_at"):
         row.resolved_at = times.get("resolved_at") or now
         changed.append("resolved_at")
-        _stop(session, _clock_rows(session, _subjects(row), open_only=True), row.resolved_at, actor)
+        clocks.stop(clocks.running(_subjects(row)), row.resolved_at, actor)
     if status == "closed":
         row.closed_at = times.get("closed_at") or now
         changed.append("closed_at")
-        _stop(session, _clock_rows(session, _subjects(row), open_only=True), row.closed_at, actor)
+        clocks.stop(clocks.running(_subjects(row)), row.closed_at, actor)
 
     if round_no is not None and status != "reopened":
         row.round = round_no
+    event = None
     if status is not None and (status != before["status"] or row.round != before["round"]):
         row.status = status
-        session.add(TicketEvent(number=row.number, at=now, status=status,
-                                round=round_no or row.round, reason=str(reason)[:400] if reason else None,
-                                by=actor))
+        event = {"number": row.number, "at": now, "status": status, "round": round_no or row.round,
+                 "reason": str(reason)[:400] if reason else None, "by_user": actor}
     row.last_update_at = now
+    values = {k: v for k, v in row.__dict__.items() if k not in loaded or loaded[k] != v}
+    if values:
+        conn.execute(_UPDATE_TICKET, {"b_id": row.id, **values})
+        sla.expire_loaded(session, Ticket, [row.id])
+    if event is not None:
+        conn.execute(_INSERT_EVENT, event)
     if status in ("resolved", "closed"):
         summary = f"Ticket {row.number} {status}"
         if status == "closed" and row.overall_score is not None:
