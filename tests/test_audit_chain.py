@@ -4,6 +4,8 @@ and kind; recorded heads; append-only triggers; audit rows outlive their instanc
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -360,3 +362,23 @@ def test_genesis(cf):
     assert result.ok and result.rows_checked == 0 and result.last == ChainHead(0, GENESIS_HASH)
     with cf.Session() as s:
         assert s.scalar(select(sa.func.count()).select_from(AuditEntry)) == 0
+
+
+@pytest.mark.parametrize("diff, details", [
+    (None, None),
+    ({"added": {"x": "\"data_diff\":null,\"details\":null"}}, {"b": [1, 2.5, None, True], "a": "中文"}),
+    ({"changed": {"k": [1, 2]}}, {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "n": Decimal("1.5")}),
+    ([], {}),
+])
+def test_spliced_row_text_is_the_canonical_content(diff, details):
+    """append_events encodes data_diff/details once and splices them in: the bytes hashed must be
+    exactly ``canonical_content`` (what verification recomputes from the stored row)."""
+    from engine.audit import _encoded_row, canonical_content, canonical_json
+
+    row = {"seq": 7, "at": datetime(2026, 11, 23, 1, 2, 3, 456, tzinfo=UTC), "instance_id": 3,
+           "process_id": "p", "process_version_id": 1, "actor": 'a"data_diff":null', "cause": "user",
+           "action": "task_completed", "task_id": None, "task_name": "t", "task_title": "任务", "lane": None,
+           "form_version": None, "data_diff": diff, "details": details}
+    content, diff_json, details_json = _encoded_row(row)
+    assert content == canonical_content(row)
+    assert (diff_json, details_json) == (canonical_json(diff), canonical_json(details))
