@@ -1,11 +1,11 @@
-"""The rows a step reads and writes, as prebuilt Core statements on the step's connection.
+"""The rows a step reads and writes, as prebuilt statements on the step's connection.
 
 A step runs a dozen statements or more. Through the ORM each one costs 70–100 µs (a
 select rebuilt per call, the unit of work, the identity map); a prebuilt Core statement
-executed on ``session.connection()`` costs about 10 µs. The step path of
-``engine.runtime`` therefore reads and writes its own tables (instances, human tasks,
-timers, outbox) here; everything off the step path keeps using the ORM models, which map
-the very same tables.
+costs about 10 µs through ``Connection.execute`` and a few µs as ``engine.fastsql.Prepared``.
+The step path of ``engine.runtime`` therefore reads and writes its own tables (instances,
+human tasks, timers, outbox) here; everything off the step path keeps using the ORM
+models, which map the very same tables.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from engine.fastsql import Prepared
 from engine.models import HumanTask, Instance, OutboxMessage, ProcessVersion, Timer
 
 _instances = Instance.__table__
@@ -44,20 +45,21 @@ class InstanceRow:
 _INSTANCE_COLUMNS = (_instances.c.id, _instances.c.process_version_id, _instances.c.process_id,
                      _instances.c.status, _instances.c.revision, _instances.c.business_key,
                      _instances.c.next_timer_due)
-_SELECT_INSTANCE = select(*_INSTANCE_COLUMNS).where(_instances.c.id == bindparam("instance_id"))
-_SELECT_INSTANCE_FOR_UPDATE = _SELECT_INSTANCE.with_for_update()
-_SELECT_STATE = select(_instances.c.state).where(_instances.c.id == bindparam("instance_id"))
+_select_instance = select(*_INSTANCE_COLUMNS).where(_instances.c.id == bindparam("instance_id"))
+_SELECT_INSTANCE = Prepared(_select_instance)
+_SELECT_INSTANCE_FOR_UPDATE = Prepared(_select_instance.with_for_update())
+_SELECT_STATE = Prepared(select(_instances.c.state).where(_instances.c.id == bindparam("instance_id")))
 _INSERT_INSTANCE = insert(_instances)
 _STEP_COLUMNS = ("state", "status", "updated_at", "revision", "next_timer_due", "serializer_version",
                  "completed_at", "business_key")
-_UPDATE_INSTANCE = (update(_instances)
-                    .where(_instances.c.id == bindparam("b_id"), _instances.c.revision == bindparam("b_revision"))
-                    .values(**{name: bindparam(name) for name in _STEP_COLUMNS}))
-_SELECT_LATEST_VERSION = (select(_versions.c.id, _versions.c.process_id, _versions.c.version)
-                          .where(_versions.c.process_id == bindparam("process_id"))
-                          .order_by(_versions.c.version.desc()).limit(1))
-_SELECT_VERSION = select(_versions.c.id, _versions.c.process_id, _versions.c.version).where(
-    _versions.c.process_id == bindparam("process_id"), _versions.c.version == bindparam("version"))
+_UPDATE_INSTANCE = Prepared(
+    update(_instances).where(_instances.c.id == bindparam("b_id"), _instances.c.revision == bindparam("b_revision"))
+    .values(**{name: bindparam(name) for name in _STEP_COLUMNS}))
+_SELECT_LATEST_VERSION = Prepared(select(_versions.c.id, _versions.c.process_id, _versions.c.version)
+                                  .where(_versions.c.process_id == bindparam("process_id"))
+                                  .order_by(_versions.c.version.desc()).limit(1))
+_SELECT_VERSION = Prepared(select(_versions.c.id, _versions.c.process_id, _versions.c.version).where(
+    _versions.c.process_id == bindparam("process_id"), _versions.c.version == bindparam("version")))
 
 
 def lock_instance(conn: Connection, instance_id: int) -> InstanceRow | None:
@@ -66,13 +68,13 @@ def lock_instance(conn: Connection, instance_id: int) -> InstanceRow | None:
     On SQLite the step's ``BEGIN IMMEDIATE`` already made this transaction the only writer.
     """
     stmt = _SELECT_INSTANCE_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_INSTANCE
-    row = conn.execute(stmt, {"instance_id": instance_id}).first()
+    row = stmt.first(conn, {"instance_id": instance_id})
     return None if row is None else InstanceRow(*row)
 
 
 def instance_state(conn: Connection, instance_id: int) -> str:
     """The stored workflow state of an instance (JSON)."""
-    return conn.execute(_SELECT_STATE, {"instance_id": instance_id}).scalar_one()
+    return _SELECT_STATE.first(conn, {"instance_id": instance_id})[0]
 
 
 def insert_instance(conn: Connection, values: dict[str, Any]) -> int:
@@ -86,85 +88,84 @@ def update_instance(conn: Connection, instance_id: int, expected_revision: int, 
     ``values`` has every column a step writes: state, status, updated_at, revision,
     next_timer_due, serializer_version, completed_at, business_key.
     """
-    res = conn.execute(_UPDATE_INSTANCE, {**values, "b_id": instance_id, "b_revision": expected_revision})
-    return res.rowcount == 1
+    return _UPDATE_INSTANCE.run(conn, {**values, "b_id": instance_id, "b_revision": expected_revision}) == 1
 
 
 def latest_version(conn: Connection, process_id: str, version: int | None = None):
     """``(id, process_id, version)`` of a process's newest (or given) version, or None."""
     if version is None:
-        return conn.execute(_SELECT_LATEST_VERSION, {"process_id": process_id}).first()
-    return conn.execute(_SELECT_VERSION, {"process_id": process_id, "version": version}).first()
+        return _SELECT_LATEST_VERSION.first(conn, {"process_id": process_id})
+    return _SELECT_VERSION.first(conn, {"process_id": process_id, "version": version})
 
 
 # --------------------------------------------------------------------------- human tasks
 
-_SELECT_TASK = select(_tasks.c.id, _tasks.c.instance_id, _tasks.c.name, _tasks.c.title, _tasks.c.status,
+_SELECT_TASK = Prepared(select(_tasks.c.id, _tasks.c.instance_id, _tasks.c.name, _tasks.c.title, _tasks.c.status,
                       _tasks.c.assignee, _tasks.c.form_name, _tasks.c.completed_at, _tasks.c.completed_by
-                      ).where(_tasks.c.id == bindparam("task_id"))
-_SELECT_READY_TASKS = select(_tasks.c.id, _tasks.c.name, _tasks.c.title, _tasks.c.lane, _tasks.c.assignee,
-                             _tasks.c.due_at).where(_tasks.c.instance_id == bindparam("instance_id"),
-                                                    _tasks.c.status == "ready")
-_CLOSE_TASK = (update(_tasks).where(_tasks.c.id == bindparam("b_id"))
-               .values(status=bindparam("status"), completed_at=bindparam("completed_at"),
-                       completed_by=bindparam("completed_by")))
-_INSERT_TASK = insert(_tasks)
+                      ).where(_tasks.c.id == bindparam("task_id")))
+_SELECT_READY_TASKS = Prepared(select(_tasks.c.id, _tasks.c.name, _tasks.c.title, _tasks.c.lane, _tasks.c.assignee,
+                                      _tasks.c.due_at).where(_tasks.c.instance_id == bindparam("instance_id"),
+                                                             _tasks.c.status == "ready"))
+_CLOSE_TASK = Prepared(update(_tasks).where(_tasks.c.id == bindparam("b_id"))
+                       .values(status=bindparam("status"), completed_at=bindparam("completed_at"),
+                               completed_by=bindparam("completed_by")))
+_INSERT_TASK = Prepared(insert(_tasks))
 
 
 def task_row(conn: Connection, task_id: str):
     """A human task's row (id, instance_id, name, title, status, assignee, form_name, completed_at/_by), or None."""
-    return conn.execute(_SELECT_TASK, {"task_id": task_id}).first()
+    return _SELECT_TASK.first(conn, {"task_id": task_id})
 
 
 def ready_tasks(conn: Connection, instance_id: int) -> list:
     """The instance's ready human-task rows (id, name, title, lane, assignee, due_at)."""
-    return conn.execute(_SELECT_READY_TASKS, {"instance_id": instance_id}).all()
+    return _SELECT_READY_TASKS.all(conn, {"instance_id": instance_id})
 
 
 def close_tasks(conn: Connection, closed: list[dict[str, Any]]) -> None:
     """Mark tasks completed or cancelled: dicts of ``b_id``, ``status``, ``completed_at``, ``completed_by``."""
     if closed:
-        conn.execute(_CLOSE_TASK, closed)
+        _CLOSE_TASK.run_many(conn, closed)
 
 
 def insert_tasks(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert new human-task rows (dicts with every column)."""
     if rows:
-        conn.execute(_INSERT_TASK, rows)
+        _INSERT_TASK.run_many(conn, rows)
 
 
 # -------------------------------------------------------------------------------- timers
 
-_SELECT_WAITING_TIMERS = select(_timers.c.id, _timers.c.task_id, _timers.c.due_at).where(
-    _timers.c.instance_id == bindparam("instance_id"), _timers.c.status == "waiting")
-_END_TIMER = (update(_timers).where(_timers.c.id == bindparam("b_id"))
-              .values(status=bindparam("status"), fired_at=bindparam("fired_at")))
-_INSERT_TIMER = insert(_timers)
+_SELECT_WAITING_TIMERS = Prepared(select(_timers.c.id, _timers.c.task_id, _timers.c.due_at).where(
+    _timers.c.instance_id == bindparam("instance_id"), _timers.c.status == "waiting"))
+_END_TIMER = Prepared(update(_timers).where(_timers.c.id == bindparam("b_id"))
+                      .values(status=bindparam("status"), fired_at=bindparam("fired_at")))
+_INSERT_TIMER = Prepared(insert(_timers))
 
 
 def waiting_timers(conn: Connection, instance_id: int) -> list:
     """The instance's waiting timer rows (id, task_id, due_at)."""
-    return conn.execute(_SELECT_WAITING_TIMERS, {"instance_id": instance_id}).all()
+    return _SELECT_WAITING_TIMERS.all(conn, {"instance_id": instance_id})
 
 
 def end_timers(conn: Connection, ended: list[dict[str, Any]]) -> None:
     """Mark timers fired or cancelled: dicts of ``b_id``, ``status``, ``fired_at``."""
     if ended:
-        conn.execute(_END_TIMER, ended)
+        _END_TIMER.run_many(conn, ended)
 
 
 def insert_timers(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert waiting timer rows (dicts of instance_id, task_id, name, kind, due_at, status, fired_at)."""
     if rows:
-        conn.execute(_INSERT_TIMER, rows)
+        _INSERT_TIMER.run_many(conn, rows)
 
 
 # -------------------------------------------------------------------------------- outbox
 
-_INSERT_OUTBOX = insert(_outbox)
+_INSERT_OUTBOX = Prepared(insert(_outbox))
 
 
 def insert_outbox(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert outbox rows (dicts with every column the delivery worker reads)."""
     if rows:
-        conn.execute(_INSERT_OUTBOX, rows)
+        _INSERT_OUTBOX.run_many(conn, rows)
