@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, object_session
 
+from engine.fastsql import Prepared
 from engine.models import AuditEntry, AuditHead
 from engine.pii import AuditPii, PiiValue, contains_tokens, extract_pii, load_values, mask_data, rejoin
 from engine.serialization import to_jsonable
@@ -115,11 +116,12 @@ def _encoded_row(row: dict) -> tuple[bytes, str, str]:
 
 # Prebuilt statements, run on the session's connection: a step appends on every commit.
 _head = AuditHead.__table__
-_SELECT_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)
-_SELECT_HEAD_FOR_UPDATE = _SELECT_HEAD.with_for_update()
-_UPDATE_HEAD = update(_head).where(_head.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
+_select_head = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)
+_SELECT_HEAD = Prepared(_select_head)
+_SELECT_HEAD_FOR_UPDATE = Prepared(_select_head.with_for_update())
+_UPDATE_HEAD = Prepared(update(_head).where(_head.c.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash")))
 _INSERT_ROWS = insert(AuditEntry.__table__)
-_INSERT_PII = insert(AuditPii.__table__)
+_INSERT_PII = Prepared(insert(AuditPii.__table__))
 
 
 def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleNamespace]:
@@ -131,7 +133,7 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
         return []
     session.flush()  # pending ORM rows first: the audit rows go straight to the connection
     conn = session.connection()
-    head = conn.execute(_SELECT_HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_HEAD).one()
+    head = (_SELECT_HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_HEAD).first(conn)
     seq, prev = head.seq, head.hash
     rows, pii_rows, records = [], [], []
     for ev in events:
@@ -154,8 +156,8 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
     # one executemany instead of an ORM flush per row: a step writes dozens of rows
     _insert_rows(conn, records)
     if pii_rows:
-        conn.execute(_INSERT_PII, pii_rows)
-    conn.execute(_UPDATE_HEAD, {"seq": seq, "hash": prev})
+        _INSERT_PII.run_many(conn, pii_rows)
+    _UPDATE_HEAD.run(conn, {"seq": seq, "hash": prev})
     return rows
 
 
