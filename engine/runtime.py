@@ -695,7 +695,8 @@ class Careflow:
         whose revision another process may then commit with different content.
         """
         if result is not None and result.workflow is not None:
-            self._remember(result.instance_id, result.revision, result.workflow)
+            if result.status == "running":  # a finished instance takes no further step
+                self._remember(result.instance_id, result.revision, result.workflow)
             result.workflow = None
         rows = result.audit_rows if result else []
         if not rows or not self.pm.hook.careflow_audit_event.get_hookimpls():
