@@ -136,8 +136,8 @@ class Budget:
 
     def counting_calendar(self, calendar: Calendar) -> Calendar:
         """The calendar this budget is counted on: 24x7 (same zone) for wall-clock budgets, else ``calendar``."""
-        if self.is_wall_clock and not isinstance(calendar, TwentyFourSeven):
-            return TwentyFourSeven(calendar.timezone_name)
+        if self.kind == WALL and not isinstance(calendar, TwentyFourSeven):
+            return _twenty_four_seven(calendar.timezone_name)
         return calendar
 
     def duration(self, calendar: Calendar) -> timedelta:
@@ -160,6 +160,12 @@ class Budget:
         en = " ".join(f"{_num(v)} {units[k][0]}{'' if v == 1 else 's'}" for k, v in self.parts if v)
         zh = " ".join(f"{_num(v)} {units[k][1]}" for k, v in self.parts if v)
         return {"en": f"{en} wall-clock", "zh": f"全天候 {zh}"}
+
+
+@functools.lru_cache(maxsize=64)
+def _twenty_four_seven(timezone: str) -> TwentyFourSeven:
+    """The (immutable) 24x7 calendar of a zone, built once: every wall-clock deadline counts on one."""
+    return TwentyFourSeven(timezone)
 
 
 # ----------------------------------------------------------------------------- pause
