@@ -35,6 +35,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     insert,
+    or_,
     select,
     update,
 )
@@ -44,6 +45,7 @@ from engine.audit import AuditEvent, append_events
 from engine.calendar import BusinessCalendar, Calendar, CalendarError, ensure_aware, parse_aware
 from engine.clock import utcnow
 from engine.errors import CareflowError, Conflict, NotFound
+from engine.fastsql import Prepared
 from engine.models import Base, BigId, UTCDateTime
 from engine.sla_clock import Budget, BudgetError, Pause, SlaClock
 
@@ -119,10 +121,11 @@ class SlaEscalation(Base):
 # that the session may hold are flushed before and expired after (``expire_loaded``).
 
 _CLOCKS = SlaClockRow.__table__
-_INSERT_CLOCK = insert(_CLOCKS)
-_UPDATE_CLOCK = update(_CLOCKS).where(_CLOCKS.c.id == bindparam("b_id"))
-_UPDATE_SUBJECT = update(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("b_subject"))
-_SELECT_SUBJECT = select(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("subject")).order_by(_CLOCKS.c.id)
+_INSERT_CLOCK = Prepared(insert(_CLOCKS))
+_UPDATE_CLOCK = Prepared(update(_CLOCKS).where(_CLOCKS.c.id == bindparam("b_id")))
+_UPDATE_SUBJECT = Prepared(update(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("b_subject")))
+_SELECT_SUBJECT = Prepared(select(_CLOCKS).where(_CLOCKS.c.subject_key == bindparam("subject"))
+                           .order_by(_CLOCKS.c.id))
 # what stopping a clock and changing its owner read (``clock_of`` needs the start, budget, ledger, history)
 _WORK_COLUMNS = tuple(_CLOCKS.c[n] for n in ("id", "subject_key", "instance_id", "name", "status", "tier", "policy",
                                              "budget", "started_at", "pauses", "history", "owner", "group_name"))
@@ -131,11 +134,13 @@ for _many in (False, True):
     for _open_only in (False, True):
         _stmt = select(*_WORK_COLUMNS).where(_CLOCKS.c.subject_key.in_(bindparam("subjects", expanding=True)) if _many
                                              else _CLOCKS.c.subject_key == bindparam("subject"))
-        if _open_only:
-            _stmt = _stmt.where(_CLOCKS.c.status.in_(OPEN_STATES))
+        if _open_only:  # OR, not IN: an IN list is an expanding parameter, which Prepared cannot take
+            _stmt = _stmt.where(or_(*(_CLOCKS.c.status == state for state in OPEN_STATES)))
         _stmt = _stmt.order_by(_CLOCKS.c.id)
-        _SELECT_WORK_STATEMENTS[_many, _open_only, False] = _stmt
-        _SELECT_WORK_STATEMENTS[_many, _open_only, True] = _stmt.with_for_update()
+        # one subject (every step does this): prepared; several: an expanding IN, through SQLAlchemy
+        _SELECT_WORK_STATEMENTS[_many, _open_only, False] = _stmt if _many else Prepared(_stmt)
+        _SELECT_WORK_STATEMENTS[_many, _open_only, True] = (_stmt.with_for_update() if _many
+                                                            else Prepared(_stmt.with_for_update()))
 del _many, _open_only, _stmt
 
 
@@ -184,12 +189,13 @@ def load_clocks(conn: Connection, subjects: list[str], *, lock: bool, open_only:
     many = len(subjects) != 1
     stmt = _SELECT_WORK_STATEMENTS[many, open_only, lock and conn.dialect.name == "postgresql"]
     params = {"subjects": list(subjects)} if many else {"subject": subjects[0]}
-    return [ClockValues(dict(r._mapping)) for r in conn.execute(stmt, params)]
+    rows = stmt.all(conn, params) if isinstance(stmt, Prepared) else conn.execute(stmt, params).all()
+    return [ClockValues(r._asdict()) for r in rows]
 
 
 def _full_rows(conn: Connection, subject_key: str) -> list[ClockValues]:
     """Every column of every clock of a subject, oldest first (no lock)."""
-    return [ClockValues(dict(r._mapping)) for r in conn.execute(_SELECT_SUBJECT, {"subject": subject_key})]
+    return [ClockValues(r._asdict()) for r in _SELECT_SUBJECT.all(conn, {"subject": subject_key})]
 
 
 # --------------------------------------------------------------------------- calendar
@@ -440,7 +446,7 @@ class ClockOpening:
         """Insert the new clocks (in the session's transaction) and audit ``sla_clocks_opened``."""
         if not self.new:
             return
-        session.connection().execute(_INSERT_CLOCK, [r.columns() for r in self.new])
+        _INSERT_CLOCK.run_many(session.connection(), [r.columns() for r in self.new])
         _audit(session, "sla_clocks_opened", self.started_at, self.instance_id, self.actor,
                {"subject_type": self.subject_type, "subject_key": self.subject_key, "policy": self.policy,
                 "priority": self.priority, "tier": self.tier, "owner": self.owner, "group": self.group,
@@ -517,9 +523,8 @@ def stop_clocks(session: Session, rows: list[ClockValues], at: datetime, actor: 
         row.stopped_at = at
         row.next_rung_at = None
         row.updated_at = utcnow()
-        session.connection().execute(_UPDATE_CLOCK, {**values, "b_id": row.id, "due_at": due, "status": row.status,
-                                                     "stopped_at": at, "next_rung_at": None,
-                                                     "updated_at": row.updated_at})
+        _UPDATE_CLOCK.run(session.connection(), {**values, "b_id": row.id, "due_at": due, "status": row.status,
+                                                 "stopped_at": at, "next_rung_at": None, "updated_at": row.updated_at})
         expire_loaded(session, SlaClockRow, [row.id])
         _audit(session, "sla_clock_stopped", at, row.instance_id, actor,
                {"subject_key": row.subject_key, "clock": row.name, "outcome": row.status, "due_at": _iso(due),
@@ -676,7 +681,7 @@ def set_owner_of(session: Session, rows: list[ClockValues], subject_key: str, ow
         params: dict[str, Any] = {"b_subject": subject_key, "owner": owner}
         if group is not None:
             params["group_name"] = group
-        session.connection().execute(_UPDATE_SUBJECT, params)
+        _UPDATE_SUBJECT.run(session.connection(), params)
         for row in rows:
             row.owner = owner
             if group is not None:

@@ -65,6 +65,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from engine import sla
 from engine.clock import parse_moment
 from engine.errors import Conflict, NotFound
+from engine.fastsql import Prepared
 from engine.models import Base, BigId, HumanTask, ProcessVersion, UTCDateTime
 from engine.serialization import to_jsonable
 
@@ -178,16 +179,17 @@ class TicketSerial(Base):
 # changes are flushed before, ORM objects of the rows written are expired after).
 
 _TICKETS = Ticket.__table__
-_INSERT_TICKET = insert(_TICKETS)
-_INSERT_EVENT = insert(TicketEvent.__table__)
-_UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("b_id"))
+_INSERT_TICKET = Prepared(insert(_TICKETS))
+_INSERT_EVENT = Prepared(insert(TicketEvent.__table__))
+_UPDATE_TICKET = Prepared(update(_TICKETS).where(_TICKETS.c.id == bindparam("b_id")))
 _UPDATE_COLUMNS = ("id", "number", "instance_id", "customer_id", "customer_name", "customer_tier", "type",
                    "priority", "status", "round", "reopen_count", "received_at", "sla_policy", "sla_subject",
                    "first_response_due", "solution_due", "solution_warn_at", "first_response_at", "resolved_at",
                    "resolved_by", "engineer", "overall_score", "facts")  # what update_ticket reads
-_SELECT_FOR_UPDATE = select(*(_TICKETS.c[n] for n in _UPDATE_COLUMNS)).where(_TICKETS.c.number == bindparam("number"))
-_SELECT_FOR_UPDATE_PG = _SELECT_FOR_UPDATE.with_for_update()
-_SELECT_CUSTOMER_ID = select(_TICKETS.c.customer_id).where(_TICKETS.c.number == bindparam("number"))
+_select_ticket = select(*(_TICKETS.c[n] for n in _UPDATE_COLUMNS)).where(_TICKETS.c.number == bindparam("number"))
+_SELECT_FOR_UPDATE = Prepared(_select_ticket)
+_SELECT_FOR_UPDATE_PG = Prepared(_select_ticket.with_for_update())
+_SELECT_CUSTOMER_ID = Prepared(select(_TICKETS.c.customer_id).where(_TICKETS.c.number == bindparam("number")))
 
 
 class TicketValues:
@@ -375,9 +377,9 @@ def _registry_customer(session: Session, customer: dict, conn: Connection | None
         stmt = _by_phone.get(reg)
         if stmt is None:
             c = reg.Customer.__table__.c
-            stmt = _by_phone[reg] = (select(c.id, c.name, c.customer_type, c.tier)
-                                     .where(c.status == "active", c.phone_key == bindparam("key")))
-        return (conn if conn is not None else session.connection()).execute(stmt, {"key": key}).first()
+            stmt = _by_phone[reg] = Prepared(select(c.id, c.name, c.customer_type, c.tier)
+                                              .where(c.status == "active", c.phone_key == bindparam("key")))
+        return stmt.first(conn if conn is not None else session.connection(), {"key": key})
     return None
 
 
@@ -389,7 +391,7 @@ def request_ticket_revisit_in(session: Session, number: str, *, now: datetime, a
     same ticket returns the same request.
     """
     conn = sla.connection(session)
-    found = conn.execute(_SELECT_CUSTOMER_ID, {"number": number}).first()
+    found = _SELECT_CUSTOMER_ID.first(conn, {"number": number})
     if found is None:
         raise NotFound(f"no ticket {number}")
     customer_id = found.customer_id
@@ -592,11 +594,11 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
         "engineer": None, "spare_parts": [], "overall_score": None,  # satisfaction: SQL NULL, not JSON null
         "facts": {"classification": classification} if classification else {}, "last_update_at": now})
     opening = _round_clocks(session, row, 1, received_at, pm=pm, actor=actor)
-    conn.execute(_INSERT_TICKET, dict(row.__dict__))  # the ticket row first, its clocks after, as ever
+    _INSERT_TICKET.run(conn, dict(row.__dict__))  # the ticket row first, its clocks after, as ever
     opening.write(session)
     _require_solution_clock(row, opening)
-    conn.execute(_INSERT_EVENT, {"number": number, "at": now, "status": "open", "round": 1, "reason": None,
-                                 "by_user": actor})
+    _INSERT_EVENT.run(conn, {"number": number, "at": now, "status": "open", "round": 1, "reason": None,
+                             "by_user": actor})
     step = _step_for(session)
     if step is not None and step.instance_id == instance_id:
         step.business_key = number
@@ -623,11 +625,11 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
     ``satisfaction``); any other fact is kept in ``facts``. A closed ticket cannot change.
     """
     conn = sla.connection(session)
-    found = conn.execute(_SELECT_FOR_UPDATE_PG if conn.dialect.name == "postgresql" else _SELECT_FOR_UPDATE,
-                         {"number": str(number)}).first()
+    found = (_SELECT_FOR_UPDATE_PG if conn.dialect.name == "postgresql" else _SELECT_FOR_UPDATE).first(
+        conn, {"number": str(number)})
     if found is None:
         raise NotFound(f"no ticket {number!r}")
-    loaded = dict(found._mapping)
+    loaded = found._asdict()
     row = TicketValues(loaded)
     if row.status == "closed":
         raise Conflict(f"ticket {row.number} is closed; it cannot change any more")
@@ -719,10 +721,10 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
     row.last_update_at = now
     values = {k: v for k, v in row.__dict__.items() if k not in loaded or loaded[k] != v}
     if values:
-        conn.execute(_UPDATE_TICKET, {"b_id": row.id, **values})
+        _UPDATE_TICKET.run(conn, {"b_id": row.id, **values})
         sla.expire_loaded(session, Ticket, [row.id])
     if event is not None:
-        conn.execute(_INSERT_EVENT, event)
+        _INSERT_EVENT.run(conn, event)
     if status in ("resolved", "closed"):
         summary = f"Ticket {row.number} {status}"
         if status == "closed" and row.overall_score is not None:
