@@ -14,6 +14,7 @@ reference and keeps the value in ``audit_pii``, so erasing it later leaves the c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -26,7 +27,17 @@ from sqlalchemy.orm import Session, object_session
 
 from engine.fastsql import Prepared
 from engine.models import AuditEntry, AuditHead
-from engine.pii import AuditPii, PiiValue, contains_tokens, extract_pii, load_values, mask_data, rejoin
+from engine.pii import (
+    AuditPii,
+    NotPlain,
+    PiiValue,
+    contains_tokens,
+    extract_pii,
+    extract_pii_copy,
+    load_values,
+    mask_data,
+    rejoin,
+)
 from engine.serialization import to_jsonable
 
 GENESIS_HASH = "0" * 64
@@ -97,6 +108,13 @@ def chain_hash(prev_hash: str, row: dict) -> str:
 _JSON_SLOT = '"data_diff":null,"details":null'
 
 
+@functools.lru_cache(maxsize=64)
+def _at_texts(at: datetime) -> tuple[str, str]:
+    """``at`` as hashed (ISO 8601 UTC with Z) and as SQLite stores it (the rows of a step share one)."""
+    utc = at.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), utc.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def _encoded_row(row: dict) -> tuple[bytes, str, str]:
     """``canonical_content(row)`` plus the canonical JSON text of ``data_diff`` and ``details``.
 
@@ -109,7 +127,7 @@ def _encoded_row(row: dict) -> tuple[bytes, str, str]:
     content["data_diff"] = content["details"] = None
     at = content["at"]
     if isinstance(at, datetime):
-        content["at"] = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        content["at"] = _at_texts(at)[0]
     text = canonical_json(content).replace(_JSON_SLOT, f'"data_diff":{diff},"details":{details}', 1)
     return text.encode(), diff, details
 
@@ -142,7 +160,11 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
         taken: list[PiiValue] = []
         for name in ("data_diff", "details"):
             raw = values[name]
-            values[name] = None if raw is None else extract_pii(to_jsonable(raw), name, taken)
+            if raw is not None:
+                try:
+                    values[name] = extract_pii_copy(raw, name, taken)
+                except NotPlain:  # dates, Decimals, tuples...: converted first
+                    values[name] = extract_pii(to_jsonable(raw), name, taken)
         content, diff_json, details_json = _encoded_row(values)
         h = hashlib.sha256(prev.encode() + b"\n" + content).hexdigest()
         values["prev_hash"], values["hash"] = prev, h
@@ -186,9 +208,8 @@ def _insert_rows(conn, records: list[tuple[dict, str, str]]) -> None:
     sqlite = conn.dialect.name == "sqlite"
     rows = []
     for values, diff_json, details_json in records:
-        at = values["at"].astimezone(UTC)
         row = [values[c] for c in _ROW_COLUMNS]
-        row[1] = at.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else at
+        row[1] = _at_texts(row[1])[1] if sqlite else row[1].astimezone(UTC)
         row[13], row[14] = diff_json, details_json
         rows.append(row)
     cursor = conn.connection.driver_connection.cursor()

@@ -326,6 +326,67 @@ def _walk(container: dict | list, kind: str | None, path: str, out: list[PiiValu
         container[key] = token
 
 
+class NotPlain(Exception):
+    """A value ``extract_pii_copy`` leaves to ``extract_pii(to_jsonable(value))``."""
+
+
+_INT_LIMIT = 1 << 63
+
+
+def extract_pii_copy(obj: Any, root: str, out: list[PiiValue]) -> Any:
+    """``extract_pii(to_jsonable(obj), root, out)`` in one walk, for values made only of dicts
+    with string keys, lists, strings, numbers, booleans and None: returns a tokenized copy
+    (``obj`` is left as it is). Anything else raises ``NotPlain`` with ``out`` unchanged."""
+    t = type(obj)
+    if t is dict or t is list:
+        mark = len(out)
+        try:
+            return _copy_walk(obj, None, root, out)
+        except (NotPlain, RecursionError):
+            del out[mark:]
+            raise NotPlain from None
+    if t is str or t is bool or t is float or obj is None or (t is int and -_INT_LIMIT < obj < _INT_LIMIT):
+        return obj
+    raise NotPlain
+
+
+def _copy_walk(container: dict | list, kind: str | None, path: str, out: list[PiiValue]) -> dict | list:
+    """``_walk`` building a new container instead of changing this one."""
+    if type(container) is dict:
+        copy = {}
+        for key, v in container.items():
+            if type(key) is not str:
+                raise NotPlain
+            copy[key] = _copy_item(key, v, kind, path, out)
+        return copy
+    return [_copy_item(i, v, kind, path, out) for i, v in enumerate(container)]
+
+
+def _copy_item(key: str | int, v: Any, kind: str | None, path: str, out: list[PiiValue]) -> Any:
+    t = type(v)
+    if t is str:
+        k = (key_kind(key) if isinstance(key, str) else None) or kind
+        if k is None:
+            k = shape_kind(v)
+            if k is None and v.startswith(TOKEN_PREFIX):
+                k = "other"
+        elif _is_masked(v):
+            k = None
+    elif t is int:
+        if not -_INT_LIMIT < v < _INT_LIMIT:
+            raise NotPlain
+        k = (key_kind(key) if isinstance(key, str) else None) or kind
+        if k is None and v >= 10_000_000_000:
+            k = shape_kind(str(v))
+    elif t is dict or t is list:
+        return _copy_walk(v, (key_kind(key) if isinstance(key, str) else None) or kind, _pointer(path, key), out)
+    elif t is float or t is bool or v is None:
+        return v
+    else:
+        raise NotPlain
+    return v if k is None else _tokenize(v, k, _pointer(path, key), out)
+
+
 def _tokenize(value: Any, kind: str, path: str, out: list[PiiValue]) -> str:
     secret = os.urandom(16)
     value_json = json.dumps(value, ensure_ascii=False)

@@ -3,14 +3,18 @@ erasable without breaking the chain, unmasked only deliberately and audited."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, text
 
 from careflow.cli import cli
+from engine import pii
 from engine.audit import entries_to_dicts
 from engine.audit_query import unmask
 from engine.audit_verify import verify_chain
@@ -227,3 +231,45 @@ def test_cli_erase_pii(deployed, runner):
     assert cf.audit(iid)[0]["data_diff"]["added"]["contact_phone"] == ERASED
     assert runner.invoke(cli, ["audit", "verify"]).exit_code == 0
     assert runner.invoke(cli, ["audit", "erase-pii", "x"]).exit_code == 2
+
+
+PLAIN_VALUES = [
+    {"phone": "13812345678", "note": "call 0571-88886666 or it@x.example.com", "n": 13812345678, "ok": True},
+    {"contact": {"name": "王磊", "mobile": "13812345678", "tags": ["a", "13900001111"]}, "score": 4.5, "x": None},
+    [{"email": "A@B.example.com"}, ["139****0001", "pii:abc"], 12, 10_000_000_001],
+    {"手机": "13812345678", "list": [{"idNumber": "11010519491231002X"}], "deep": {"a": {"b": {"c": "c"}}}},
+    {"steps": [{"at": "2026-11-23T09:00:00+08:00", "action": "重启", "result": "ok"}], "empty": {}, "e": []},
+]
+NOT_PLAIN_VALUES = [
+    {"phone": "13812345678", "when": datetime(2026, 1, 1, tzinfo=UTC)},
+    {"mobile": "13812345678", "amount": Decimal("1.50")},
+    {"a": ("13812345678", 1)},
+    {1: "13812345678"},
+    {"big": 1 << 70, "phone": "13812345678"},
+]
+
+
+def _deterministic(monkeypatch):
+    counter = iter(range(10_000))
+    monkeypatch.setattr(pii.os, "urandom", lambda n: next(counter).to_bytes(n, "big"))
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES + NOT_PLAIN_VALUES)
+def test_tokenized_copy_equals_convert_then_tokenize(value, monkeypatch):
+    """The audit's one-walk tokenizing copy gives what to_jsonable + extract_pii gives, and leaves the input."""
+    from engine.serialization import to_jsonable
+
+    original = copy.deepcopy(value)
+    _deterministic(monkeypatch)
+    expected_out: list = []
+    expected = pii.extract_pii(to_jsonable(value), "data_diff", expected_out)
+    _deterministic(monkeypatch)
+    out: list = [object()]  # what was taken before stays
+    try:
+        got = pii.extract_pii_copy(value, "data_diff", out)
+    except pii.NotPlain:
+        assert value in NOT_PLAIN_VALUES and len(out) == 1
+        return
+    assert value in PLAIN_VALUES
+    assert got == expected and out[1:] == expected_out
+    assert value == original
