@@ -12,7 +12,9 @@ a still-running parent (an iteration of a loop) is stored with its full data ins
 ``dump_state`` writes the JSON that ``json.dumps(serializer.to_dict(wf))`` would write,
 byte for byte, but keeps the JSON text of each task that cannot have changed since the
 previous dump of the same workflow object (a finished task; an unfinished one without
-data of its own), so a step re-encodes only the tasks that moved.
+data of its own, or whose data equals its parent's: no delta), so a step re-encodes only the
+tasks that moved; the common values of a task (empty dicts, floats, ints, booleans, its spec's
+name) are written directly rather than through the encoder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from SpiffWorkflow.util.deep_merge import DeepMerge
 from SpiffWorkflow.util.task import TaskState
 
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
+_NO_DELTA = object()  # in a cache key: the task's data equals its parent's
+_NO_DELTA_TEXT = '{"updates":{},"deletions":[]}'
 
 
 def _full_data_instead_of_delta(task) -> bool:
@@ -122,6 +126,7 @@ class _StateWriter:
         self.registry = _make_registry()
         self.registry._encoder_mode = True
         self.encode = create_encoder(self.registry)(separators=(",", ":")).encode
+        self.names: dict[str, str] = {}  # a task spec name's JSON text
 
     def state(self, wf: BpmnWorkflow) -> str:
         enc, reg = self.encode, self.registry
@@ -139,19 +144,28 @@ class _StateWriter:
     def workflow(self, wf, tail: str) -> str:
         """A workflow's JSON object: WorkflowConverter.to_dict's keys in its order, then ``tail``."""
         enc, reg = self.encode, self.registry
-        head = enc({"data": reg.convert(reg.clean(wf.data)), "correlations": wf.correlations,
-                    "last_task": str(wf.last_task.id) if wf.last_task is not None else None,
-                    "success": wf.success, "completed": wf.completed})
-        return f'{head[:-1]},"tasks":{{{self.tasks(wf)}}},"root":{enc(str(wf.task_tree.id))}{tail}'
+        data, correlations, last_task = wf.data, wf.correlations, wf.last_task
+        success, completed = wf.success, wf.completed
+        if (type(data) is dict and not data and type(correlations) is dict and not correlations
+                and type(success) is bool and type(completed) is bool):  # a running subprocess, mostly
+            last = "null" if last_task is None else f'"{last_task.id}"'
+            head = (f'{{"data":{{}},"correlations":{{}},"last_task":{last},"success":{"true" if success else "false"}'
+                    f',"completed":{"true" if completed else "false"}}}')
+        else:
+            head = enc({"data": reg.convert(reg.clean(data)), "correlations": correlations,
+                        "last_task": str(last_task.id) if last_task is not None else None,
+                        "success": success, "completed": completed})
+        return f'{head[:-1]},"tasks":{{{self.tasks(wf)}}},"root":"{wf.task_tree.id}"{tail}'
 
     def tasks(self, wf) -> str:
         texts = wf.__dict__.get(self.CACHE_ATTR)
         if texts is None:
             texts = wf.__dict__[self.CACHE_ATTR] = _WorkflowTexts()
-        cache, ids, children_texts = texts.tasks, texts.ids, texts.children
+        cache, ids, children_texts, heads = texts.tasks, texts.ids, texts.children, texts.heads
         convert, enc = self.registry.convert, self.encode
         updated_keys, deleted_keys = DeepMerge.get_updated_keys, DeepMerge.get_deleted_keys
-        task_typename = self.registry.typenames[Task]
+        typename_text = enc(self.registry.typenames[Task])
+        names = self.names
         all_tasks = wf.tasks
         parts = []
         for tid, task in all_tasks.items():
@@ -159,12 +173,24 @@ class _StateWriter:
             parent_id = task._parent
             parent = all_tasks.get(parent_id) if parent_id is not None else None
             children = tuple(task._children)
+            internal = task.internal_data
+            no_internal = type(internal) is dict and not internal
+            delta_text = None
             if state & _FINISHED:  # a finished task no longer changes; its children list (pruned) may
                 key = (state, task.last_state_change, children, task.triggered, task.task_spec,
                        parent is None or bool(parent._state & _FINISHED))
-            elif not task.data and not task.internal_data:  # its delta: "deletions" lists its parent's keys
+            elif not task.data and no_internal:  # its delta: "deletions" lists its parent's keys
                 parent_keys = None if parent is None else tuple(parent.data)
                 key = (state, task.last_state_change, children, task.triggered, task.task_spec, parent_keys)
+            elif parent is not None and no_internal:  # the delta decides: none, and the text is known
+                updates = updated_keys(parent.data, task.data)
+                deletions = deleted_keys(parent.data, task.data)
+                if updates or deletions:
+                    key = None
+                    delta_text = f'{{"updates":{enc(updates)},"deletions":{enc(deletions)}}}'
+                else:
+                    key = (state, task.last_state_change, children, task.triggered, task.task_spec, _NO_DELTA)
+                    delta_text = _NO_DELTA_TEXT
             else:
                 key = None
             if key is not None:
@@ -173,21 +199,36 @@ class _StateWriter:
                     parts.append(hit[1])
                     continue
             if parent is None or state & _FINISHED and not parent._state & _FINISHED:
-                data, delta = task.data, {}
+                data = task.data
+                data_text = "{}" if not data and type(data) is dict else enc(data)
+                delta_text = "{}"
             else:
-                data, delta = {}, {"updates": updated_keys(parent.data, task.data),
-                                   "deletions": deleted_keys(parent.data, task.data)}
-            # TaskConverter.to_dict's keys in its order; the ids (and a loop's growing list of
-            # iterations) as text kept from earlier dumps, the rest encoded now
-            quoted = ids.get(tid) or _quoted(ids, tid)
-            parent_text = "null" if parent is None else ids.get(parent_id) or _quoted(ids, parent_id)
-            rest = enc({"last_state_change": task.last_state_change, "state": state,
-                        "task_spec": task.task_spec.name, "triggered": task.triggered,
-                        "internal_data": convert(task.internal_data), "data": data, "delta": delta,
-                        "typename": task_typename})
-            text = (f'{quoted}:{{"id":{quoted},"parent":{parent_text}'
-                    f',"children":{_children_text(children_texts, ids, tid, children)},{rest[1:]}')
-            if key is not None and (state & _FINISHED or parent_keys is None
+                data_text = "{}"
+                if delta_text is None:
+                    updates = updated_keys(parent.data, task.data)
+                    deletions = deleted_keys(parent.data, task.data)
+                    delta_text = (f'{{"updates":{enc(updates) if updates else "{}"}'
+                                  f',"deletions":{enc(deletions) if deletions else "[]"}}}')
+            # TaskConverter.to_dict's keys in its order: the ids (and a loop's growing list of
+            # iterations) as text kept from earlier dumps, the values of their usual types written
+            # as the encoder writes them, anything else encoded
+            head = heads.get(tid)
+            if head is None:  # a task's id and parent never change
+                parent_text = "null" if parent is None else ids.get(parent_id) or _quoted(ids, parent_id)
+                quoted = ids.get(tid) or _quoted(ids, tid)
+                head = heads[tid] = f'{quoted}:{{"id":{quoted},"parent":{parent_text},"children":'
+            changed = task.last_state_change
+            spec_name = task.task_spec.name
+            triggered = task.triggered
+            text = (f'{head}{_children_text(children_texts, ids, tid, children) if children else "[]"}'
+                    f',"last_state_change":'
+                    f'{float.__repr__(changed) if type(changed) is float and changed - changed == 0 else enc(changed)}'
+                    f',"state":{int.__repr__(state) if type(state) is int else enc(state)}'
+                    f',"task_spec":{names.get(spec_name) or _name_text(names, spec_name, enc)}'
+                    f',"triggered":{"true" if triggered is True else "false" if triggered is False else enc(triggered)}'
+                    f',"internal_data":{"{}" if no_internal else enc(convert(internal))}'
+                    f',"data":{data_text},"delta":{delta_text},"typename":{typename_text}}}')
+            if key is not None and (state & _FINISHED or delta_text is _NO_DELTA_TEXT or parent_keys is None
                                     or all(type(k) is str for k in parent_keys)):  # 1 == True, "1" != "true"
                 cache[tid] = (key, text)
             parts.append(text)
@@ -196,17 +237,19 @@ class _StateWriter:
 
 
 class _WorkflowTexts:
-    """One workflow's texts from earlier dumps: each task's, each task id's, each children list's."""
+    """One workflow's texts from earlier dumps: each task's, each task id's, each children list's,
+    each task's opening (id and parent)."""
 
-    __slots__ = ("tasks", "ids", "children")
+    __slots__ = ("tasks", "ids", "children", "heads")
 
     def __init__(self) -> None:
         self.tasks: dict = {}
         self.ids: dict = {}
         self.children: dict = {}
+        self.heads: dict = {}
 
     def prune(self, all_tasks: dict) -> None:
-        for texts in (self.tasks, self.ids, self.children):
+        for texts in (self.tasks, self.ids, self.children, self.heads):
             if len(texts) > len(all_tasks):
                 for gone in set(texts) - set(all_tasks):
                     del texts[gone]
@@ -214,6 +257,11 @@ class _WorkflowTexts:
 
 def _quoted(ids: dict, task_id: UUID) -> str:
     text = ids[task_id] = f'"{task_id}"'  # a UUID's text needs no JSON escaping
+    return text
+
+
+def _name_text(names: dict, name: str, enc) -> str:
+    text = names[name] = enc(name)
     return text
 
 

@@ -279,3 +279,29 @@ def test_to_jsonable_returns_new_containers():
     value = {"a": [1, {"b": 2}]}
     out = to_jsonable(value)
     assert out == value and out is not value and out["a"] is not value["a"] and out["a"][1] is not value["a"][1]
+
+
+def test_unfinished_task_text_is_reused_only_while_its_data_equals_its_parents(cf):
+    """A waiting task whose data equals its parent's keeps its text; data changed in place (its own
+    or its parent's, no state change) is written anew, as the stock conversion writes it."""
+    cf.deploy([BENCH / "history.bpmn"])
+    r = cf.start("bench_history", {"done": False, "notes": {"a": [1]}})
+    wf = cf._wf_cache[r.instance_id][1]
+    [task] = [t for t in wf.tasks.values() if t.state == TaskState.READY]
+    parent = task.parent
+    first = dump_state(wf)
+    assert first == reference_dump(wf) and task.data == parent.data and task.data
+    assert dump_state(wf) == first  # reused text, same bytes
+    task.data["notes"] = {"a": [1, 2]}  # a value of its own: an update in its delta
+    assert dump_state(wf) == reference_dump(wf) != first
+    task.data["notes"] = {"a": [1]}  # equal to the parent's again
+    assert dump_state(wf) == first
+    task.data["draft"] = "草稿"  # its own key now
+    second = dump_state(wf)
+    assert second == reference_dump(wf) and '"draft"' in second
+    del task.data["draft"]
+    parent.data["only_parent"] = True  # a deletion in the task's delta
+    third = dump_state(wf)
+    assert third == reference_dump(wf) and '"deletions":["only_parent"]' in third
+    del parent.data["only_parent"]
+    assert dump_state(wf) == reference_dump(wf)
