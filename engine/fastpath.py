@@ -1,32 +1,42 @@
 """Dict scans for the task queries SpiffWorkflow makes on every step, per workflow instance.
 
 SpiffWorkflow answers ``get_tasks(state=READY)`` (``do_engine_steps``, once per pass on
-the top workflow and on every active subprocess), ``update_waiting_tasks()`` (on every
-task completion, in the task's own workflow), ``is_completed()`` and the task list
-that ``collect_log_extras`` builds for its log records by walking a task tree. The walk
-visits the whole history, so a step costs more the longer an instance runs, and it
-stops at depth 1000 (an instance that deep silently stops running its engine tasks).
-Every workflow keeps its tasks in a dict as well: ``accelerate`` gives a workflow, its
-subprocesses and the subprocesses it creates later, versions of these calls that scan
-the dicts and sort the (few) hits into the walk's depth-first order, so the answer is
-the walk's answer, list order included (``CHECK`` makes every call prove it), except
-that nothing is lost below depth 1000. The change is per instance: SpiffWorkflow's
-classes stay untouched (the bare-SpiffWorkflow baseline of the benchmark runs alongside).
+the top workflow and on every active subprocess), ``get_tasks(task, spec_name=...)`` (a
+catching event resetting the events of its spec below it, a parallel join counting its
+branches), ``update_waiting_tasks()`` (on every task completion, in the task's own
+workflow), ``is_completed()`` and the task list that ``collect_log_extras`` builds for
+its log records by walking a task tree. The walk visits the whole history, so a step
+costs more the longer an instance runs, and it stops at depth 1000 (an instance that deep
+silently stops running its engine tasks). Every workflow keeps its tasks in a dict as
+well: ``accelerate`` gives a workflow, its subprocesses and the subprocesses it creates
+later, versions of these calls that scan the dicts and sort the (few) hits into the
+walk's depth-first order, so the answer is the walk's answer, list order included
+(``CHECK`` makes every call prove it), except that nothing is lost below depth 1000.
+
+Their tasks change state quietly: ``Task._set_state`` builds a log record (message,
+extras, the parent looked up) on every state change even when ``spiff.task`` drops it;
+each task of an accelerated workflow gets a ``_set_state`` that builds it only when the
+logger takes it (``_TaskDict``, the workflow's task dict, gives it to every task added).
+The change is per instance: SpiffWorkflow's classes stay untouched (the bare-SpiffWorkflow
+baseline of the benchmark runs alongside).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import types
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
 from SpiffWorkflow.bpmn.util.task import BpmnTaskFilter
+from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskIterator, TaskState
 from SpiffWorkflow.workflow import Workflow
 
 _TREE_GET_TASKS = Workflow.get_tasks
 _STOCK_CREATE_SUBPROCESS = BpmnWorkflow.create_subprocess
+_STOCK_SET_STATE = Task._set_state
 
 READY, WAITING = TaskState.READY, TaskState.WAITING
 _NOT_FINISHED = TaskState.NOT_FINISHED_MASK
@@ -34,6 +44,7 @@ _NOT_FINISHED = TaskState.NOT_FINISHED_MASK
 # skip_subprocesses, end_at_spec, task_filter...) shapes the walk, so the walk answers
 _FILTERS = frozenset({"state", "manual", "spec_name", "spec_class", "lane", "updated_ts", "catches_event"})
 _workflow_log = logging.getLogger("spiff.workflow")
+_task_log = logging.getLogger("spiff.task")
 
 CHECK = False
 """When true, every fast answer is compared with the tree walk's (tests turn it on)."""
@@ -44,10 +55,13 @@ class FastPathMismatch(AssertionError):
 
 
 def accelerate(workflow: BpmnWorkflow) -> BpmnWorkflow:
-    """Give a top-level workflow, its subprocesses and the ones it creates later the dict scans; returns it."""
+    """Give a top-level workflow, its subprocesses and the ones it creates later the dict scans
+    (and their tasks the quiet state changes); returns it."""
     _install(workflow)
+    _install_tasks(workflow)
     for sub in workflow.subprocesses.values():
         _install(sub)
+        _install_tasks(sub)
     if type(workflow).create_subprocess is _STOCK_CREATE_SUBPROCESS:
         workflow.create_subprocess = types.MethodType(_create_subprocess, workflow)
     else:  # a subclass creates its own kind: accelerate what it returns
@@ -62,12 +76,23 @@ def _install(wf) -> None:
     wf.collect_log_extras = types.MethodType(_collect_log_extras, wf)
 
 
+def _install_tasks(wf) -> None:
+    """Make ``wf.tasks`` a ``_TaskDict``: its tasks, and every task created in ``wf`` later, change
+    state quietly. (``Workflow.__init__`` and the deserializer assign a plain dict.)"""
+    tasks = wf.tasks
+    if type(tasks) is not _TaskDict:
+        wf.tasks = _TaskDict(tasks)
+        for task in tasks.values():
+            task._set_state = types.MethodType(_set_state, task)
+
+
 def _create_subprocess(self: BpmnWorkflow, my_task, spec_name: str) -> BpmnSubWorkflow:
     """``BpmnWorkflow.create_subprocess``, with the subprocess accelerated before it initializes
     (its initialization logs, and the log extras would walk its tree)."""
     subprocess = BpmnSubWorkflow.__new__(BpmnSubWorkflow)
     _install(subprocess)
     subprocess.__init__(self.subprocess_specs[spec_name], parent_task_id=my_task.id, top_workflow=self)
+    _install_tasks(subprocess)
     self.subprocesses[my_task.id] = subprocess
     return subprocess
 
@@ -76,20 +101,59 @@ def _wrap_create(create):
     def create_subprocess(self, my_task, spec_name):
         subprocess = create(self, my_task, spec_name)
         _install(subprocess)
+        _install_tasks(subprocess)
         return subprocess
 
     return create_subprocess
 
 
+# -- quiet state changes -----------------------------------------------------------------------
+
+class _TaskDict(dict):
+    """A workflow's task dict whose new entries (``Task.__init__`` adds itself first thing) get
+    ``_set_state``; lookups are the dict's own."""
+
+    __slots__ = ()
+
+    def __setitem__(self, task_id, task) -> None:
+        dict.__setitem__(self, task_id, task)
+        task._set_state = types.MethodType(_set_state, task)
+
+
+def _set_state(self: Task, value: int) -> None:
+    """``Task._set_state``; the log record (a message, extras with the task's parent looked up,
+    state names, two clock reads), only when ``spiff.task`` would take it.
+
+    SpiffWorkflow builds the record before calling ``logger.info``/``logger.debug``, on every
+    state change; a record would be dropped when the logger is not enabled for its level.
+    """
+    if value != self._state:
+        if _task_log.isEnabledFor(logging.INFO):
+            _STOCK_SET_STATE(self, value)
+        else:
+            self.last_state_change = time.time()
+            self._state = value
+    elif _task_log.isEnabledFor(logging.DEBUG):
+        _STOCK_SET_STATE(self, value)
+
+
 # -- get_tasks(state=READY) ------------------------------------------------------------------
 
 def _get_tasks(self, first_task=None, **kwargs) -> list:
-    """``get_tasks(state=READY, ...)`` from the task dicts; any other query walks the tree.
+    """``get_tasks(state=READY, ...)`` and ``get_tasks([first_task], spec_name=...)`` from the task
+    dicts; any other query walks the tree.
 
-    Only READY: a ready task's ancestors have all run, so the walk (which prunes below
-    predicted tasks) reaches every one of them; for other states its pruning makes its
-    answer differ from a scan.
+    READY: a ready task's ancestors have all run, so the walk (which prunes below predicted
+    tasks) reaches every one of them; for other states its pruning makes its answer differ
+    from a scan. A query with no state prunes nothing: the walk reaches every task below
+    its start (subprocesses included), and the spec name leaves a few of them.
     """
+    if len(kwargs) == 1 and type(kwargs.get("spec_name")) is str and (first_task is None
+                                                                   or first_task.workflow is self):
+        found = _named_tasks(self, first_task or self.task_tree, kwargs["spec_name"])
+        if CHECK:
+            _check_same(found, _TREE_GET_TASKS(self, first_task, **kwargs), "get_tasks(spec_name)", kwargs)
+        return found
     if first_task is not None or kwargs.get("state") != READY or not _FILTERS.issuperset(kwargs):
         return _TREE_GET_TASKS(self, first_task, **kwargs)
     found = _ready_tasks(self)
@@ -101,13 +165,51 @@ def _get_tasks(self, first_task=None, **kwargs) -> list:
     return found
 
 
+def _named_tasks(wf, first, name: str) -> list:
+    """Tasks of the spec named ``name`` that the walk from ``first`` (a task of ``wf``) reaches, in its order."""
+    top = wf.top_workflow
+    found = [t for t in wf.tasks.values() if t.task_spec.name == name]
+    for sub in top.subprocesses.values():
+        if sub is not wf:
+            found += [t for t in sub.tasks.values() if t.task_spec.name == name]
+    found = [t for t in found if _reaches(first, t, top)]
+    if len(found) > 1:
+        found.sort(key=lambda t: _position(t, wf, top))
+    return found
+
+
+def _reaches(first, task, top: BpmnWorkflow) -> bool:
+    """Whether ``first`` is ``task`` or one of its ancestors, through the tasks calling subprocesses."""
+    while True:
+        tasks = task.workflow.tasks
+        while task is not first:
+            parent_id = task._parent
+            if parent_id is None:
+                break
+            task = tasks.get(parent_id)
+            if task is None:
+                return False
+        else:
+            return True
+        wf = task.workflow
+        if wf is top:
+            return False
+        calling_id = wf.parent_task_id
+        owner = _owner(top, calling_id)
+        if owner is None:
+            return False
+        task = owner.tasks[calling_id]
+
+
 def _ready_tasks(wf) -> list:
     """READY tasks of ``wf`` and of the subprocesses below it, in the walk's depth-first order."""
     found = [t for t in wf.tasks.values() if t._state == READY]
     top = wf.top_workflow
     for sub in top.subprocesses.values():
-        if sub is not wf and _is_below(sub, wf, top):
-            found.extend(t for t in sub.tasks.values() if t._state == READY)
+        if sub is not wf:
+            ready = [t for t in sub.tasks.values() if t._state == READY]
+            if ready and _is_below(sub, wf, top):  # (most have none: no need to place them)
+                found += ready
     if len(found) > 1:
         found.sort(key=lambda t: _position(t, wf, top))
     return found

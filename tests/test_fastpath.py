@@ -108,6 +108,7 @@ def test_scans_match_the_walk_through_ticket_rounds(settings, checked, cached):
     # lists of two or more tasks (whose order the scan has to sort out) included
     assert checked[("get_tasks", 1)] > 50 and checked[("get_tasks", 2)] > 0
     assert checked[("update_waiting_tasks", 1)] > 0
+    assert checked[("get_tasks(spec_name)", 1)] > 5  # the start events of the process and its subprocesses
 
 
 def test_scans_match_the_walk_in_a_multi_instance_task_a_loop_and_a_call_activity(cf, checked):
@@ -147,12 +148,14 @@ def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(set
         assert wf.subprocesses, "the round runs in a subprocess created during the step"
         for w in [wf, *wf.subprocesses.values()]:
             assert all(name in w.__dict__ for name in FAST_METHODS)
+            assert _all_quiet(w)
         cf._forget(f.instance_id)
         f.do("ut_diagnose", TS, diagnosis(sh(2026, 11, 23, 9, 20)), "liu.yang", after=25 * MIN)
         restored = _live(cf, f.instance_id)
         assert restored is not wf and restored.subprocesses
         for w in [restored, *restored.subprocesses.values()]:
             assert all(name in w.__dict__ for name in FAST_METHODS)
+            assert _all_quiet(w)
         for state in STATES:  # READY is scanned, the rest still walk the tree: all agree
             assert [t.id for t in restored.get_tasks(state=state)] == \
                 [t.id for t in _TREE_GET_TASKS(restored, None, state=state)], TaskState.get_name(state)
@@ -165,8 +168,69 @@ def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(set
     assert BpmnWorkflow.is_completed is Workflow.is_completed
     assert BpmnSubWorkflow.get_tasks is Workflow.get_tasks
     assert BpmnWorkflow.create_subprocess is fastpath._STOCK_CREATE_SUBPROCESS
+    assert SpiffWorkflow.task.Task._set_state is fastpath._STOCK_SET_STATE
     bare = BpmnWorkflow(wf.spec, wf.subprocess_specs)
     assert not any(name in bare.__dict__ for name in (*FAST_METHODS, "create_subprocess"))
+    assert type(bare.tasks) is dict and not any("_set_state" in t.__dict__ for t in bare.tasks.values())
+
+
+def _all_quiet(wf) -> bool:
+    """Every task of ``wf`` (and every task it creates: ``wf.tasks`` is the dict that sees to it) changes state quietly."""
+    return type(wf.tasks) is fastpath._TaskDict and all("_set_state" in t.__dict__ for t in wf.tasks.values())
+
+
+def _ids(tasks) -> list:
+    return [t.id for t in tasks]
+
+
+def test_named_queries_match_the_walk_from_every_task(settings, checked):
+    """``get_tasks([first_task], spec_name=...)``, every spec name from every task of every workflow,
+    in a ticket in its second round (the round's subprocesses repeat their spec names)."""
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock).start()
+        f.do("ut_intake", CS, intake(sh(2026, 11, 23, 9)), "zhang.wei", after=5 * MIN)
+        f.do("ut_diagnose", TS, diagnosis(sh(2026, 11, 23, 9, 30)), "liu.yang", after=30 * MIN)
+        f.do("ut_remote", TS, remote(sh(2026, 11, 23, 10), solved=False), "liu.yang", after=10 * MIN)
+        f.do("ut_onsite_schedule", TS, visit_plan(sh(2026, 11, 23, 15)), "liu.yang", after=10 * MIN)
+        f.do("ut_onsite", TS, onsite(sh(2026, 11, 23, 15), sh(2026, 11, 23, 16), resolved=False), "liu.yang",
+             after=timedelta(hours=3))
+        assert f.ready_names() == ["ut_diagnose"]  # round 2
+        wf = _live(cf, f.instance_id)
+        assert len(wf.subprocesses) >= 3
+        checked.clear()
+        for w in [wf, *wf.subprocesses.values()]:
+            names = {t.task_spec.name for t in w.tasks.values()}
+            for name in names:
+                w.get_tasks(spec_name=name)
+                for first in list(w.tasks.values()):
+                    w.get_tasks(first, spec_name=name)
+            assert _ids(w.get_tasks(spec_name="no such spec")) == []
+    finally:
+        gen.close()
+    # every answer was compared with the walk's (CHECK); several were lists to put in the walk's order
+    assert checked[("get_tasks(spec_name)", 0)] > 100 and checked[("get_tasks(spec_name)", 1)] > 100
+    assert checked[("get_tasks(spec_name)", 2)] > 10
+
+
+def test_state_change_records_are_the_same_when_spiff_task_logs(tmp_path, sqlite_template, monkeypatch, caplog):
+    """With ``spiff.task`` at INFO the quiet state changes log exactly SpiffWorkflow's records."""
+    caplog.set_level(logging.INFO, logger="spiff.task")
+
+    def records() -> list:
+        out = [(r.getMessage(), r.task_id, r.task_spec, r.task_type, r.state, r.parent, r.workflow_spec)
+               for r in caplog.records if r.name == "spiff.task"]
+        caplog.clear()
+        return out
+
+    _run_ticket(tmp_path, sqlite_template, "fast", monkeypatch)
+    fast = records()
+    monkeypatch.setattr(engine.runtime, "accelerate", lambda wf: wf)
+    _run_ticket(tmp_path, sqlite_template, "bare", monkeypatch)
+    bare = records()
+    assert len(fast) > 200 and any(message.startswith("State changed to READY") for message, *_ in fast)
+    assert fast == bare
 
 
 def test_workflow_log_records_keep_their_task_list_when_logged(settings, caplog):
