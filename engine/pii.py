@@ -302,18 +302,8 @@ def _walk(container: dict | list, kind: str | None, path: str, out: list[PiiValu
     taken = None
     for key, v in items:
         t = type(v)
-        if t is str:
-            k = (key_kind(key) if isinstance(key, str) else None) or kind
-            if k is None:
-                k = shape_kind(v)
-                if k is None and v.startswith(TOKEN_PREFIX):
-                    k = "other"  # data that looks like a reference is kept out too, so every reference is ours
-            elif _is_masked(v):
-                k = None  # already masked by whoever wrote it (``139****0001``): nothing personal left
-        elif t is int:
-            k = (key_kind(key) if isinstance(key, str) else None) or kind
-            if k is None and v >= 10_000_000_000:  # a phone number typed as a number
-                k = shape_kind(str(v))
+        if t is str or t is int:
+            k = _leaf_kind(key, v, t, kind)
         elif t is dict or t is list:
             _walk(v, (key_kind(key) if isinstance(key, str) else None) or kind, _pointer(path, key), out)
             continue
@@ -362,22 +352,30 @@ def _copy_walk(container: dict | list, kind: str | None, path: str, out: list[Pi
     return [_copy_item(i, v, kind, path, out) for i, v in enumerate(container)]
 
 
-def _copy_item(key: str | int, v: Any, kind: str | None, path: str, out: list[PiiValue]) -> Any:
-    t = type(v)
+def _leaf_kind(key: str | int, v: str | int, t: type, kind: str | None) -> str | None:
+    """The kind of personal data a string or int item holds (by its key, its container's kind or
+    its shape), or None."""
+    k = (key_kind(key) if isinstance(key, str) else None) or kind
     if t is str:
-        k = (key_kind(key) if isinstance(key, str) else None) or kind
         if k is None:
             k = shape_kind(v)
             if k is None and v.startswith(TOKEN_PREFIX):
-                k = "other"
+                k = "other"  # data that looks like a reference is kept out too, so every reference is ours
         elif _is_masked(v):
-            k = None
+            k = None  # already masked by whoever wrote it (``139****0001``): nothing personal left
+    elif k is None and v >= 10_000_000_000:  # a phone number typed as a number
+        k = shape_kind(str(v))
+    return k
+
+
+def _copy_item(key: str | int, v: Any, kind: str | None, path: str, out: list[PiiValue]) -> Any:
+    t = type(v)
+    if t is str:
+        k = _leaf_kind(key, v, t, kind)
     elif t is int:
         if not -_INT_LIMIT < v < _INT_LIMIT:
             raise NotPlain
-        k = (key_kind(key) if isinstance(key, str) else None) or kind
-        if k is None and v >= 10_000_000_000:
-            k = shape_kind(str(v))
+        k = _leaf_kind(key, v, t, kind)
     elif t is dict or t is list:
         return _copy_walk(v, (key_kind(key) if isinstance(key, str) else None) or kind, _pointer(path, key), out)
     elif t is float or t is bool or v is None:
