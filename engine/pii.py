@@ -95,6 +95,17 @@ def _find(text: str) -> re.Match | None:
 def shape_kind(text: str) -> str | None:
     """``phone`` / ``email`` / ``id_number`` / ``credit_code`` if the whole text is one such
     value, ``text`` if it contains one, else None."""
+    return _short_shape_kind(text) if len(text) <= 200 else _shape_kind(text)
+
+
+@lru_cache(maxsize=8192)
+def _short_shape_kind(text: str) -> str | None:
+    """``_shape_kind`` of a short text, remembered: the same values recur in the audit rows of
+    every step of an instance."""
+    return _shape_kind(text)
+
+
+def _shape_kind(text: str) -> str | None:
     m = _find(text)
     if m is None:
         return None
@@ -102,7 +113,7 @@ def shape_kind(text: str) -> str | None:
         return m.lastgroup
     stripped = text.strip()
     if stripped != text and _ANY.fullmatch(stripped):
-        return shape_kind(stripped)
+        return _shape_kind(stripped)
     return "text"
 
 
