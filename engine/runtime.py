@@ -550,10 +550,14 @@ class Careflow:
         if status == "completed":
             step.audit("instance_completed", details={"data_keys": sorted(wf.data.keys())})
         state = dump_state(wf)
-        values = dict(state=state, status=status, updated_at=now, revision=(inst.revision or 0) + 1,
-                      next_timer_due=next_due, serializer_version=SERIALIZER_VERSION,
-                      completed_at=now if status == "completed" else None,
-                      business_key=step.business_key or inst.business_key)
+        values = dict(state=state, updated_at=now, revision=(inst.revision or 0) + 1,
+                      serializer_version=SERIALIZER_VERSION, completed_at=now if status == "completed" else None)
+        # indexed columns only when they change: SQLite rewrites an index entry (a page written and
+        # fsynced at commit) for every indexed column in the SET list, changed or not
+        for column, value in (("status", status), ("next_timer_due", next_due),
+                              ("business_key", step.business_key or inst.business_key)):
+            if value != getattr(inst, column):
+                values[column] = value
         if not step_rows.update_instance(conn, inst.id, inst.revision or 0, values):
             raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
         step_rows.insert_outbox(conn, [

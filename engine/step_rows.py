@@ -50,11 +50,9 @@ _SELECT_INSTANCE = Prepared(_select_instance)
 _SELECT_INSTANCE_FOR_UPDATE = Prepared(_select_instance.with_for_update())
 _SELECT_STATE = Prepared(select(_instances.c.state).where(_instances.c.id == bindparam("instance_id")))
 _INSERT_INSTANCE = insert(_instances)
-_STEP_COLUMNS = ("state", "status", "updated_at", "revision", "next_timer_due", "serializer_version",
-                 "completed_at", "business_key")
+# the SET list is the keys given (one compiled plan per key set)
 _UPDATE_INSTANCE = Prepared(
-    update(_instances).where(_instances.c.id == bindparam("b_id"), _instances.c.revision == bindparam("b_revision"))
-    .values(**{name: bindparam(name) for name in _STEP_COLUMNS}))
+    update(_instances).where(_instances.c.id == bindparam("b_id"), _instances.c.revision == bindparam("b_revision")))
 _SELECT_LATEST_VERSION = Prepared(select(_versions.c.id, _versions.c.process_id, _versions.c.version)
                                   .where(_versions.c.process_id == bindparam("process_id"))
                                   .order_by(_versions.c.version.desc()).limit(1))
@@ -83,11 +81,8 @@ def insert_instance(conn: Connection, values: dict[str, Any]) -> int:
 
 
 def update_instance(conn: Connection, instance_id: int, expected_revision: int, values: dict[str, Any]) -> bool:
-    """Write an instance's new state and side columns if its revision is still ``expected_revision``.
-
-    ``values`` has every column a step writes: state, status, updated_at, revision,
-    next_timer_due, serializer_version, completed_at, business_key.
-    """
+    """Write an instance's new state and side columns (the columns in ``values``) if its revision
+    is still ``expected_revision``."""
     return _UPDATE_INSTANCE.run(conn, {**values, "b_id": instance_id, "b_revision": expected_revision}) == 1
 
 
