@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 READ_ONLY_OPTION = "careflow_read_only"
 
-# JSON columns as compact UTF-8 text: Chinese form data stored as \uXXXX escapes would take
-# twice the bytes, and every byte of a step's rows is written (and fsynced) at commit.
+# JSON columns as compact UTF-8 text: Chinese form data written as ASCII escapes (six bytes
+# per character instead of three) would double what every step writes and fsyncs at commit.
 _json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 

@@ -146,7 +146,7 @@ class Careflow:
         pv = session.scalar(select(ProcessVersion).where(ProcessVersion.process_id == process_id)
                             .order_by(ProcessVersion.version.desc()).limit(1))
         if pv is None:
-            raise NotFound(f"no process '{process_id}' is deployed (careflow deploy FILE.bpmn first)")
+            raise _not_deployed(process_id)
         return pv
 
     # -- start -------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class Careflow:
         pv = step_rows.latest_version(conn, process_id, version)
         if pv is None:
             if version is None:
-                raise NotFound(f"no process '{process_id}' is deployed (careflow deploy FILE.bpmn first)")
+                raise _not_deployed(process_id)
             raise NotFound(f"process '{process_id}' has no version {version}")
         loaded = self.specs.get(session, pv.id)
         wf = accelerate(BpmnWorkflow(loaded.spec, loaded.subprocess_specs, script_engine=self.script_engine))
@@ -715,6 +715,10 @@ class Careflow:
         with self.Session() as session, session.begin():
             session.add(Incident(kind=kind, source=source, message=message, traceback=tb or traceback.format_exc(),
                                  instance_id=instance_id, outbox_id=outbox_id, created_at=self.now()))
+
+
+def _not_deployed(process_id: str) -> NotFound:
+    return NotFound(f"no process '{process_id}' is deployed (careflow deploy FILE.bpmn first)")
 
 
 def running_instance():
