@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.audit import GENESIS_HASH, canonical_json  # noqa: E402
 from engine.audit_query import AuditFilter, search_audit  # noqa: E402
+from engine.audit_search import index_backlog  # noqa: E402
 from engine.audit_verify import verify_chain  # noqa: E402
 from engine.db import make_engine, make_session_factory, upgrade_database  # noqa: E402
 from engine.pii import reference  # noqa: E402
@@ -100,6 +101,10 @@ def build(path: str, rows: int) -> tuple[float, int]:
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # rows written straight to audit_log: make them searchable
+        index_backlog(conn)
+    engine.dispose()
     return time.perf_counter() - started, pii_rows
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, object_session
 
+from engine import audit_search
 from engine.fastsql import Prepared
 from engine.models import AuditEntry, AuditHead
 from engine.pii import (
@@ -180,6 +181,7 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
     if pii_rows:
         _INSERT_PII.run_many(conn, pii_rows)
     _UPDATE_HEAD.run(conn, {"seq": seq, "hash": prev})
+    audit_search.after_append(conn, head.seq + 1, seq)
     return rows
 
 

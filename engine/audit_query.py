@@ -2,9 +2,10 @@
 CSV / JSON export (masked by default) and the audited unmasking of personal data.
 
 Search is newest first by ``(at, seq)`` with keyset paging (an opaque cursor, no OFFSET),
-so page 1,000 costs what page 1 costs. Each single filter has an index shaped
-``(filter, at, seq)`` (migration 0007); ticket and customer narrow to a few instances and
-use ``(instance_id, seq)``. The web layer decides who may call what (auditors read
+so page 1,000 costs what page 1 costs. User, process, version and action each have an
+index shaped ``(filter, at, seq)`` on ``audit_search`` (``engine.audit_search``: a copy of
+those columns filled in batches), read up to its watermark, plus the few newer rows straight
+from ``audit_log``; ticket and customer narrow to a few instances and use ``(instance_id, seq)``. The web layer decides who may call what (auditors read
 everything and change nothing); ``unmask`` and unmasked exports check the role themselves
 too, and audit every use.
 """
@@ -23,9 +24,10 @@ from sqlalchemy import Select, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from engine.audit import AuditEvent, append_events, current_head, entries_to_dicts, entry_to_dict
+from engine.audit_search import watermark
 from engine.clock import utcnow
 from engine.errors import NotFound, Problem, ValidationFailed
-from engine.models import AuditEntry, HumanTask, Instance, ProcessVersion, User
+from engine.models import AuditEntry, AuditSearchEntry, HumanTask, Instance, ProcessVersion, User
 from engine.pii import AuditPii, UnmaskRefused, can_unmask, clear_values, mask_data
 
 EXPORT_FORMATS = ("csv", "json")
@@ -109,30 +111,37 @@ class AuditFilter:
                 out[f.name] = value.isoformat() if isinstance(value, datetime) else value
         return out
 
-    def where(self, session: Session | None = None) -> list:
-        """SQL conditions on ``audit_log`` for this filter (with a ``session``, the version is
-        resolved to its id first, so the ``(process_version_id, at, seq)`` index serves it)."""
+    def searchable(self) -> bool:
+        """Is ``audit_search`` the way to the rows? Yes when a user, process, version or action is
+        given, unless an instance, ticket or customer (a few instances' rows) narrows it more."""
+        return (bool(self.user or self.process or self.version is not None or self.action)
+                and self.instance_id is None and not self.ticket and not self.customer)
+
+    def where(self, session: Session | None = None, *, on: type = AuditEntry) -> list:
+        """SQL conditions for this filter (with a ``session``, the version is resolved to its id
+        first, so the ``(process_version_id, at, seq)`` index serves it). ``on``: the table the
+        date, user, process, version and action conditions apply to (``AuditSearchEntry`` when
+        searching through it); the others are on ``audit_log``."""
         conds = []
         if self.date_from is not None:
-            conds.append(AuditEntry.at >= self.date_from)
+            conds.append(on.at >= self.date_from)
         if self.date_to is not None:
-            conds.append(AuditEntry.at < self.date_to)
+            conds.append(on.at < self.date_to)
         if self.user:
-            conds.append(AuditEntry.actor == self.user)
+            conds.append(on.actor == self.user)
         if self.process:
-            conds.append(AuditEntry.process_id == self.process)
+            conds.append(on.process_id == self.process)
         if self.version is not None:
             versions = select(ProcessVersion.id).where(ProcessVersion.version == self.version)
             if self.process:
                 versions = versions.where(ProcessVersion.process_id == self.process)
             if session is not None:
                 ids = list(session.scalars(versions))
-                conds.append(AuditEntry.process_version_id == ids[0] if len(ids) == 1
-                             else AuditEntry.process_version_id.in_(ids))
+                conds.append(on.process_version_id == ids[0] if len(ids) == 1 else on.process_version_id.in_(ids))
             else:
-                conds.append(AuditEntry.process_version_id.in_(versions))
+                conds.append(on.process_version_id.in_(versions))
         if self.action:
-            conds.append(AuditEntry.action == self.action)
+            conds.append(on.action == self.action)
         if self.cause:
             conds.append(AuditEntry.cause == self.cause)
         if self.instance_id is not None:
@@ -186,11 +195,46 @@ def _parse_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValidationFailed([Problem("is not a page cursor from a previous result", field="cursor")]) from err
 
 
-def _query(session: Session, flt: AuditFilter) -> Select:
-    return (select(AuditEntry, Instance.business_key, ProcessVersion.version)
-            .outerjoin(Instance, Instance.id == AuditEntry.instance_id)
+def _query(session: Session, flt: AuditFilter, on: type = AuditEntry) -> Select:
+    q = select(AuditEntry, Instance.business_key, ProcessVersion.version)
+    if on is AuditSearchEntry:
+        q = q.select_from(AuditSearchEntry).join(AuditEntry, AuditEntry.seq == AuditSearchEntry.seq)
+    return (q.outerjoin(Instance, Instance.id == AuditEntry.instance_id)
             .outerjoin(ProcessVersion, ProcessVersion.id == AuditEntry.process_version_id)
-            .where(*flt.where(session)))
+            .where(*flt.where(session, on=on)))
+
+
+def _in_order(q: Select, table: type, ascending: bool, bound: tuple[datetime, int] | None) -> Select:
+    """``q`` ordered by ``(at, seq)`` of ``table``, from just after ``bound`` in that order."""
+    key = tuple_(table.at, table.seq)
+    if bound is not None:
+        at, seq = bound
+        # the plain ``at`` bound lets an index on (…, at) serve the row-value comparison
+        q = q.where(table.at >= at, key > tuple_(at, seq)) if ascending else q.where(table.at <= at,
+                                                                                     key < tuple_(at, seq))
+    return q.order_by(table.at, table.seq) if ascending else q.order_by(table.at.desc(), table.seq.desc())
+
+
+def _rows(session: Session, flt: AuditFilter, *, limit: int, ascending: bool,
+          bound: tuple[datetime, int] | None = None) -> list:
+    """Up to ``limit`` rows ``(entry, ticket, version)`` matching ``flt`` in ``(at, seq)`` order
+    (newest first unless ``ascending``), after ``bound``.
+
+    Through ``audit_search``: its rows up to the watermark read first, plus the newer ones
+    (a few hundred at most) from ``audit_log``; a row is in exactly one of the two parts.
+    """
+    if not flt.searchable():
+        return session.execute(_in_order(_query(session, flt), AuditEntry, ascending, bound).limit(limit)).all()
+    mark = watermark(session.connection())
+    indexed = _query(session, flt, on=AuditSearchEntry).where(AuditSearchEntry.seq <= mark)
+    # the rows after the watermark picked by primary key in a subquery: with ``seq > mark`` in the
+    # query itself SQLite would walk the whole ``(at)`` index for the order, seeing no limit to the range
+    after_mark = AuditEntry.__table__.alias("after_mark")
+    newer = _query(session, flt).where(AuditEntry.seq.in_(select(after_mark.c.seq).where(after_mark.c.seq > mark)))
+    rows = (session.execute(_in_order(indexed, AuditSearchEntry, ascending, bound).limit(limit)).all()
+            + session.execute(_in_order(newer, AuditEntry, ascending, bound).limit(limit)).all())
+    rows.sort(key=lambda r: (r[0].at, r[0].seq), reverse=not ascending)
+    return rows[:limit]
 
 
 def _dicts(session: Session, rows: list, masked: bool) -> list[dict]:
@@ -206,18 +250,10 @@ def search_audit(session: Session, flt: AuditFilter | None = None, *, limit: int
     ``newer``) cursor to get the next (or previous) page. Personal data masked."""
     flt = flt or AuditFilter()
     limit = max(1, min(int(limit), 1000))
-    q = _query(session, flt)
-    key = tuple_(AuditEntry.at, AuditEntry.seq)
     if newer:
-        at, seq = _parse_cursor(newer)
-        # the plain ``at`` bound lets an index on (…, at) serve the row-value comparison
-        q = q.where(AuditEntry.at >= at, key > tuple_(at, seq)).order_by(AuditEntry.at, AuditEntry.seq)
+        rows = _rows(session, flt, limit=limit + 1, ascending=True, bound=_parse_cursor(newer))
     else:
-        if older:
-            at, seq = _parse_cursor(older)
-            q = q.where(AuditEntry.at <= at, key < tuple_(at, seq))
-        q = q.order_by(AuditEntry.at.desc(), AuditEntry.seq.desc())
-    rows = session.execute(q.limit(limit + 1)).all()
+        rows = _rows(session, flt, limit=limit + 1, ascending=False, bound=_parse_cursor(older) if older else None)
     more = len(rows) > limit
     rows = rows[:limit]
     if newer:
@@ -234,13 +270,9 @@ def iter_audit(session: Session, flt: AuditFilter | None = None, *, masked: bool
                batch: int = 1000) -> Iterator[dict]:
     """Every audit row matching ``flt``, oldest first, read in keyset batches (for exports)."""
     flt = flt or AuditFilter()
-    key = tuple_(AuditEntry.at, AuditEntry.seq)
     after: tuple[datetime, int] | None = None
     while True:
-        q = _query(session, flt)
-        if after is not None:
-            q = q.where(AuditEntry.at >= after[0], key > tuple_(*after))
-        rows = session.execute(q.order_by(AuditEntry.at, AuditEntry.seq).limit(batch)).all()
+        rows = _rows(session, flt, limit=batch, ascending=True, bound=after)
         if not rows:
             return
         yield from _dicts(session, rows, masked)

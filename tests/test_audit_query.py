@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from careflow.cli import cli
+from engine import audit_search
 from engine.audit_query import (
     AuditFilter,
     export_audit,
@@ -21,6 +22,7 @@ from engine.audit_query import (
     iter_audit,
     search_audit,
 )
+from engine.audit_search import watermark
 from engine.clock import FrozenClock
 from engine.deploy import Bundle
 from engine.errors import NotFound, ValidationFailed
@@ -34,6 +36,12 @@ T0 = datetime(2024, 3, 14, 9, 0, tzinfo=UTC)
 @pytest.fixture
 def history(settings, tmp_path):
     """Three days of work on two versions of a process, two tickets, two customers."""
+    cf = _history(settings, tmp_path)
+    yield cf
+    cf.close()
+
+
+def _history(settings, tmp_path) -> Careflow:
     clock = FrozenClock(T0)
     cf = Careflow(settings, clock=clock)
     cf.deploy([FIXTURES / "simple.bpmn"], author="olivia")
@@ -59,8 +67,7 @@ def history(settings, tmp_path):
         conn.execute(text("UPDATE instances SET business_key = 'SN20240314001' WHERE id = :i"), {"i": a.instance_id})
         conn.execute(text("UPDATE instances SET business_key = 'SN20240315001' WHERE id = :i"), {"i": b.instance_id})
     cf.ids = (a.instance_id, b.instance_id, c.instance_id)
-    yield cf
-    cf.close()
+    return cf
 
 
 def expected(cf, pred) -> list[int]:
@@ -95,6 +102,40 @@ def all_pages(cf, flt: AuditFilter, limit: int = 3) -> list[int]:
 
 def at(r) -> datetime:
     return datetime.fromisoformat(r["at"])
+
+
+@pytest.fixture(params=[1, 3, 7])
+def batched_history(request, settings, tmp_path, monkeypatch):
+    """The same history with ``audit_search`` filled every 1, 3 or 7 rows: its watermark falls
+    at different places among the rows, so searches read both the copy and the rows after it."""
+    monkeypatch.setattr(audit_search, "BATCH", request.param)
+    cf = _history(settings, tmp_path)
+    yield cf
+    cf.close()
+
+
+def test_search_copy_holds_exactly_the_rows_up_to_its_watermark(batched_history):
+    cf = batched_history
+    columns = "seq, at, actor, action, process_id, process_version_id"
+    with cf.db.connect() as conn:
+        mark = watermark(conn)
+        copied = conn.execute(text(f"SELECT {columns} FROM audit_search ORDER BY seq")).all()
+        originals = conn.execute(text(f"SELECT {columns} FROM audit_log WHERE seq <= :m ORDER BY seq"),
+                                 {"m": mark}).all()
+        last = conn.execute(text("SELECT max(seq) FROM audit_log")).scalar()
+    assert copied == originals and [r[0] for r in copied] == list(range(1, mark + 1))
+    # the step crossing a multiple of BATCH copied everything up to its own last row
+    assert last // audit_search.BATCH * audit_search.BATCH <= mark <= last
+    assert audit_search.BATCH > 1 or mark == last
+
+
+def test_filters_read_the_search_copy_and_the_rows_after_it(batched_history):
+    test_every_filter_returns_exactly_its_rows(batched_history)
+    cf = batched_history
+    flt = AuditFilter.from_params({"user": "bob"})
+    with cf.Session() as s:
+        ascending = [r["seq"] for r in iter_audit(s, flt, batch=1)]
+    assert ascending == sorted(expected(cf, lambda r: r["actor"] == "bob"))
 
 
 def test_every_filter_returns_exactly_its_rows(history):
@@ -223,3 +264,21 @@ def test_cli_export_filters_and_errors(history, runner, tmp_path, monkeypatch):
     res = runner.invoke(cli, ["audit", "export", "--format", "xml"])
     assert res.exit_code == 2
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_migration_copies_existing_rows_into_the_search_copy(history, db_url):
+    from alembic import command
+
+    from engine.db import alembic_config
+
+    cf = history
+    cfg = alembic_config(db_url)
+    command.downgrade(cfg, "0008-1")  # back to the four indexes on audit_log
+    with cf.db.connect() as conn:
+        assert "audit_search" not in {r[0] for r in conn.execute(text(
+            "SELECT name FROM sqlite_master WHERE type = 'table'" if cf.db.dialect.name == "sqlite"
+            else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
+    command.upgrade(cfg, "heads")
+    with cf.db.connect() as conn:
+        assert watermark(conn) == conn.execute(text("SELECT max(seq) FROM audit_log")).scalar() == 20
+    test_every_filter_returns_exactly_its_rows(cf)
