@@ -56,11 +56,10 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         # Read-only sessions (see make_read_session_factory) read a WAL snapshot without locking;
-        # everything else takes the write lock up front.
-        if conn.get_execution_options().get(READ_ONLY_OPTION):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # everything else takes the write lock up front. Sent to the driver directly: every step
+        # begins, and a statement through SQLAlchemy costs several times what the BEGIN does.
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
+        conn.connection.driver_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
