@@ -102,8 +102,6 @@ class HumanTask(Base):
 
     __tablename__ = "human_tasks"
     __table_args__ = (
-        Index("ix_human_tasks_status_lane", "status", "lane"),
-        Index("ix_human_tasks_status_assignee", "status", "assignee"),
         Index("ix_human_tasks_status_due", "status", "due_at"),
         # inbox queries (migration 0006): a group's or a user's open tasks in due order
         Index("ix_human_tasks_inbox_group", "status", "group_name", "assignee", "due_at"),
