@@ -17,8 +17,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,7 +50,8 @@ HASHED_FIELDS = ("seq", "at", "instance_id", "process_id", "process_version_id",
                  "task_id", "task_name", "task_title", "lane", "form_version", "data_diff", "details")
 
 # One encoder for every row: json.dumps with these options would build a new one per call.
-canonical_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+canonical_json = _CANONICAL.encode
 
 
 @dataclass
@@ -106,31 +109,90 @@ def chain_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_content(row)).hexdigest()
 
 
-_JSON_SLOT = '"data_diff":null,"details":null'
+class _Encoder(threading.local):
+    """``canonical_json`` of a dict or list without its per-call set-up.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs as much as
+    encoding a small dict; an audit row encodes two of them. This keeps one C encoder per
+    thread, made with the very options of ``canonical_json`` (so the text and the errors are
+    the same), and its own circular-reference ``markers``: an error can leave entries behind,
+    so the encoder is replaced after one.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh encoder with empty markers."""
+        c = _CANONICAL
+        self.encode = c_make_encoder({}, c.default, encode_basestring, c.indent, c.key_separator,
+                                     c.item_separator, c.sort_keys, c.skipkeys, c.allow_nan)
+
+
+_encoder = _Encoder() if c_make_encoder is not None else None
+
+
+def _json(value: Any) -> str:
+    """``canonical_json(value)``, faster for dicts and lists."""
+    t = type(value)
+    if (t is dict or t is list) and _encoder is not None:
+        encoder = _encoder
+        try:
+            return "".join(encoder.encode(value, 0))
+        except BaseException:
+            encoder.reset()
+            raise
+    return canonical_json(value)
+
+
+def _scalar_json(value: Any, _str=encode_basestring, _int=int.__repr__) -> str:
+    """``canonical_json`` of a row's field value (a string, None or an int, mostly)."""
+    t = type(value)
+    if t is str:
+        return _str(value)
+    if value is None:
+        return "null"
+    if t is int:
+        return _int(value)
+    return canonical_json(value)
 
 
 @functools.lru_cache(maxsize=64)
 def _at_texts(at: datetime) -> tuple[str, str]:
-    """``at`` as hashed (ISO 8601 UTC with Z) and as SQLite stores it (the rows of a step share one)."""
+    """``at`` as hashed (a JSON string: ISO 8601 UTC with Z) and as SQLite stores it (the rows of a
+    step share one)."""
     utc = at.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), utc.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f'"{utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}"', utc.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _encoded_row(row: dict) -> tuple[bytes, str, str]:
-    """``canonical_content(row)`` plus the canonical JSON text of ``data_diff`` and ``details``.
+def _content_text(ev: dict, seq: int, diff_json: str, details_json: str) -> str:
+    """``canonical_content`` of a row as text, from its event's ``__dict__``, its ``seq`` and the
+    canonical JSON of its (tokenized) ``data_diff`` and ``details``.
 
-    The two documents are encoded once and spliced into the row's canonical text (its keys are
-    sorted, so they sit side by side; the string values before them cannot contain an
-    unescaped quote, so the first match is theirs); the same text is what gets stored.
+    ``canonical_content`` encodes a dict of the ``HASHED_FIELDS`` with sorted keys; this writes
+    the same text directly, the keys in that sorted order and each value encoded as the C
+    encoder encodes it inside the dict (``_scalar_json``). Tests compare the two.
     """
-    diff, details = canonical_json(row["data_diff"]), canonical_json(row["details"])
-    content = {k: row.get(k) for k in HASHED_FIELDS}
-    content["data_diff"] = content["details"] = None
-    at = content["at"]
-    if isinstance(at, datetime):
-        content["at"] = _at_texts(at)[0]
-    text = canonical_json(content).replace(_JSON_SLOT, f'"data_diff":{diff},"details":{details}', 1)
-    return text.encode(), diff, details
+    at = ev["at"]
+    at_json = _at_texts(at)[0] if isinstance(at, datetime) else _scalar_json(at)
+    s = _scalar_json
+    return (f'{{"action":{s(ev["action"])},"actor":{s(ev["actor"])},"at":{at_json},"cause":{s(ev["cause"])},'
+            f'"data_diff":{diff_json},"details":{details_json},"form_version":{s(ev["form_version"])},'
+            f'"instance_id":{s(ev["instance_id"])},"lane":{s(ev["lane"])},"process_id":{s(ev["process_id"])},'
+            f'"process_version_id":{s(ev["process_version_id"])},"seq":{s(seq)},"task_id":{s(ev["task_id"])},'
+            f'"task_name":{s(ev["task_name"])},"task_title":{s(ev["task_title"])}}}')
+
+
+def _tokenized(raw: Any, root: str, taken: list[PiiValue]) -> tuple[Any, str]:
+    """``data_diff`` or ``details`` with its personal data swapped for references (appended to
+    ``taken``), and that value's canonical JSON text (hashed and stored)."""
+    if raw is None:
+        return None, "null"
+    try:
+        value = extract_pii_copy(raw, root, taken)
+    except NotPlain:  # dates, Decimals, tuples...: converted first
+        value = extract_pii(to_jsonable(raw), root, taken)
+    return value, _json(value)
 
 
 # Prebuilt statements, run on the session's connection: a step appends on every commit.
@@ -152,32 +214,39 @@ def append_events(session: Session, events: list[AuditEvent]) -> list[SimpleName
         return []
     session.flush()  # pending ORM rows first: the audit rows go straight to the connection
     conn = session.connection()
-    head = (_SELECT_HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_HEAD).first(conn)
+    dialect = conn.dialect.name
+    head = (_SELECT_HEAD_FOR_UPDATE if dialect == "postgresql" else _SELECT_HEAD).first(conn)
     seq, prev = head.seq, head.hash
-    rows, pii_rows, records = [], [], []
+    rows, pii_rows, params = [], [], []
+    stored_at = _STORED_AT.get(dialect)
+    last_at = at_param = None
+    sha256 = hashlib.sha256
     for ev in events:
         seq += 1
-        values = {**ev.__dict__, "seq": seq, "at": ev.at}
+        d = ev.__dict__
         taken: list[PiiValue] = []
-        for name in ("data_diff", "details"):
-            raw = values[name]
-            if raw is not None:
-                try:
-                    values[name] = extract_pii_copy(raw, name, taken)
-                except NotPlain:  # dates, Decimals, tuples...: converted first
-                    values[name] = extract_pii(to_jsonable(raw), name, taken)
-        content, diff_json, details_json = _encoded_row(values)
-        h = hashlib.sha256(prev.encode() + b"\n" + content).hexdigest()
-        values["prev_hash"], values["hash"] = prev, h
-        records.append((values, diff_json, details_json))
-        row = SimpleNamespace(**values)  # what observers read; the insert below writes ``records``
+        diff, diff_json = _tokenized(d["data_diff"], "data_diff", taken)
+        details, details_json = _tokenized(d["details"], "details", taken)
+        content = _content_text(d, seq, diff_json, details_json).encode()
+        h = sha256(prev.encode() + b"\n" + content).hexdigest()
+        row = SimpleNamespace(**d)  # what observers read
+        values = row.__dict__  # the event's fields in its order, then these (as ``AuditEntry`` has them)
+        values["seq"], values["data_diff"], values["details"], values["prev_hash"], values["hash"] = (
+            seq, diff, details, prev, h)
+        if stored_at is not None:
+            at = d["at"]
+            if at is not last_at:  # the rows of a step share one
+                last_at, at_param = at, stored_at(at)
+            params.append((seq, at_param, d["instance_id"], d["process_id"], d["process_version_id"], d["actor"],
+                           d["cause"], d["action"], d["task_id"], d["task_name"], d["task_title"], d["lane"],
+                           d["form_version"], diff_json, details_json, prev, h))
         if taken:
             row._pii_clear = {p.ref: p.value for p in taken}  # lets entry_to_dict re-join after commit
             pii_rows.extend(p.to_values(seq) for p in taken)
         rows.append(row)
         prev = h
     # one executemany instead of an ORM flush per row: a step writes dozens of rows
-    _insert_rows(conn, records)
+    _insert_rows(conn, params, rows)
     if pii_rows:
         _INSERT_PII.run_many(conn, pii_rows)
     _UPDATE_HEAD.run(conn, {"seq": seq, "hash": prev})
@@ -193,30 +262,25 @@ _SQL = {
     "postgresql": f"INSERT INTO audit_log ({', '.join(_ROW_COLUMNS)}) VALUES "
                   f"({', '.join('%s::json' if c in ('data_diff', 'details') else '%s' for c in _ROW_COLUMNS)})",
 }
+# ``at`` as SQLAlchemy writes it: naive UTC text on SQLite, an aware datetime for psycopg
+_STORED_AT = {"sqlite": lambda at: _at_texts(at)[1], "postgresql": lambda at: at.astimezone(UTC)}
 
 
-def _insert_rows(conn, records: list[tuple[dict, str, str]]) -> None:
+def _insert_rows(conn, params: list[tuple], rows: list[SimpleNamespace]) -> None:
     """Insert audit rows with one executemany on the driver's cursor.
 
     Through SQLAlchemy every row's parameters are processed one by one (JSON encoded again,
-    datetimes converted): half the cost of appending. The JSON text is the canonical one
-    already computed for the hash; ``at`` is written as SQLAlchemy writes it (naive UTC text
-    on SQLite). Other dialects go through SQLAlchemy.
+    datetimes converted): half the cost of appending. ``params`` hold the values in
+    ``_ROW_COLUMNS`` order, the JSON text being the canonical one already computed for the
+    hash. Other dialects (no ``params``) go through SQLAlchemy with ``rows``.
     """
     sql = _SQL.get(conn.dialect.name)
     if sql is None:
-        conn.execute(_INSERT_ROWS, [values for values, _, _ in records])
+        conn.execute(_INSERT_ROWS, [{k: v for k, v in r.__dict__.items() if k != "_pii_clear"} for r in rows])
         return
-    sqlite = conn.dialect.name == "sqlite"
-    rows = []
-    for values, diff_json, details_json in records:
-        row = [values[c] for c in _ROW_COLUMNS]
-        row[1] = _at_texts(row[1])[1] if sqlite else row[1].astimezone(UTC)
-        row[13], row[14] = diff_json, details_json
-        rows.append(row)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.executemany(sql, rows)
+        cursor.executemany(sql, params)
     finally:
         cursor.close()
 

@@ -351,49 +351,101 @@ def extract_pii_copy(obj: Any, root: str, out: list[PiiValue]) -> Any:
     raise NotPlain
 
 
-def _copy_walk(container: dict | list, kind: str | None, path: str, out: list[PiiValue]) -> dict | list:
-    """``_walk`` building a new container instead of changing this one."""
+def _copy_walk(container: dict | list, kind: str | None, path: Any, out: list[PiiValue]) -> dict | list:
+    """``_walk`` building a new container instead of changing this one.
+
+    This runs for every audit row of every step, so the common items are handled inline
+    (``_leaf_kind``'s rules, one cached look-up per string) and the path of a nested container
+    is the pair ``(parent path, key)``, spelled out (``_path``) only when something is taken.
+    """
     if type(container) is dict:
         copy = {}
         for key, v in container.items():
             if type(key) is not str:
                 raise NotPlain
-            copy[key] = _copy_item(key, v, kind, path, out)
+            t = type(v)
+            if t is str:
+                k = key_kind(key) or kind
+                if k is None:
+                    k = _short_str_kind(v) if len(v) <= 200 else _str_kind(v)
+                elif _is_masked(v):
+                    k = None  # already masked by whoever wrote it (``139****0001``)
+            elif t is dict or t is list:
+                copy[key] = _copy_walk(v, key_kind(key) or kind, (path, key), out)
+                continue
+            elif t is int:
+                if not -_INT_LIMIT < v < _INT_LIMIT:
+                    raise NotPlain
+                k = key_kind(key) or kind
+                if k is None and v >= 10_000_000_000:  # a phone number typed as a number
+                    k = shape_kind(str(v))
+            elif t is float or t is bool or v is None:
+                k = None
+            else:
+                raise NotPlain
+            copy[key] = v if k is None else _tokenize(v, k, _pointer(_path(path), key), out)
         return copy
-    return [_copy_item(i, v, kind, path, out) for i, v in enumerate(container)]
+    items = []
+    for i, v in enumerate(container):
+        t = type(v)
+        if t is str:
+            k = kind
+            if k is None:
+                k = _short_str_kind(v) if len(v) <= 200 else _str_kind(v)
+            elif _is_masked(v):
+                k = None
+        elif t is dict or t is list:
+            items.append(_copy_walk(v, kind, (path, i), out))
+            continue
+        elif t is int:
+            if not -_INT_LIMIT < v < _INT_LIMIT:
+                raise NotPlain
+            k = kind
+            if k is None and v >= 10_000_000_000:
+                k = shape_kind(str(v))
+        elif t is float or t is bool or v is None:
+            k = None
+        else:
+            raise NotPlain
+        items.append(v if k is None else _tokenize(v, k, _pointer(_path(path), i), out))
+    return items
+
+
+def _path(path: Any) -> str:
+    """The JSON pointer of a ``_copy_walk`` path: a root name or nested ``(parent path, key)`` pairs."""
+    keys = []
+    while type(path) is tuple:
+        path, key = path
+        keys.append(key)
+    for key in reversed(keys):
+        path = _pointer(path, key)
+    return path
+
+
+def _str_kind(v: str) -> str | None:
+    """The kind of personal data a string holds by its shape alone (no field name says), or None."""
+    k = shape_kind(v)
+    if k is None and v.startswith(TOKEN_PREFIX):
+        k = "other"  # data that looks like a reference is kept out too, so every reference is ours
+    return k
+
+
+# the same short values recur in the rows of every step of an instance
+_short_str_kind = lru_cache(maxsize=8192)(_str_kind)
 
 
 def _leaf_kind(key: str | int, v: str | int, t: type, kind: str | None) -> str | None:
     """The kind of personal data a string or int item holds (by its key, its container's kind or
-    its shape), or None."""
+    its shape), or None (``_copy_walk`` applies the same rules inline)."""
     k = (key_kind(key) if isinstance(key, str) else None) or kind
     if t is str:
         if k is None:
-            k = shape_kind(v)
-            if k is None and v.startswith(TOKEN_PREFIX):
-                k = "other"  # data that looks like a reference is kept out too, so every reference is ours
+            k = _str_kind(v)
         elif _is_masked(v):
             k = None  # already masked by whoever wrote it (``139****0001``): nothing personal left
     elif k is None and v >= 10_000_000_000:  # a phone number typed as a number
         k = shape_kind(str(v))
     return k
-
-
-def _copy_item(key: str | int, v: Any, kind: str | None, path: str, out: list[PiiValue]) -> Any:
-    t = type(v)
-    if t is str:
-        k = _leaf_kind(key, v, t, kind)
-    elif t is int:
-        if not -_INT_LIMIT < v < _INT_LIMIT:
-            raise NotPlain
-        k = _leaf_kind(key, v, t, kind)
-    elif t is dict or t is list:
-        return _copy_walk(v, (key_kind(key) if isinstance(key, str) else None) or kind, _pointer(path, key), out)
-    elif t is float or t is bool or v is None:
-        return v
-    else:
-        raise NotPlain
-    return v if k is None else _tokenize(v, k, _pointer(path, key), out)
 
 
 def _tokenize(value: Any, kind: str, path: str, out: list[PiiValue]) -> str:

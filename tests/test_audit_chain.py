@@ -370,15 +370,16 @@ def test_genesis(cf):
     ({"changed": {"k": [1, 2]}}, {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "n": Decimal("1.5")}),
     ([], {}),
 ])
-def test_spliced_row_text_is_the_canonical_content(diff, details):
-    """append_events encodes data_diff/details once and splices them in: the bytes hashed must be
-    exactly ``canonical_content`` (what verification recomputes from the stored row)."""
-    from engine.audit import _encoded_row, canonical_content, canonical_json
+def test_row_text_is_the_canonical_content(diff, details):
+    """append_events encodes data_diff/details once and writes the row's text field by field: the
+    bytes hashed must be exactly ``canonical_content`` (what verification recomputes from the stored
+    row). More cases in test_audit_encoding.py."""
+    from engine.audit import _content_text, _json, canonical_content, canonical_json
 
     row = {"seq": 7, "at": datetime(2026, 11, 23, 1, 2, 3, 456, tzinfo=UTC), "instance_id": 3,
            "process_id": "p", "process_version_id": 1, "actor": 'a"data_diff":null', "cause": "user",
            "action": "task_completed", "task_id": None, "task_name": "t", "task_title": "任务", "lane": None,
            "form_version": None, "data_diff": diff, "details": details}
-    content, diff_json, details_json = _encoded_row(row)
-    assert content == canonical_content(row)
+    diff_json, details_json = _json(diff), _json(details)
     assert (diff_json, details_json) == (canonical_json(diff), canonical_json(details))
+    assert _content_text(row, 7, diff_json, details_json).encode() == canonical_content(row)
