@@ -48,6 +48,7 @@ from engine.errors import CareflowError, Conflict, NotFound
 from engine.fastsql import Prepared
 from engine.models import Base, BigId, UTCDateTime
 from engine.sla_clock import Budget, BudgetError, Pause, SlaClock
+from engine.step import current_step
 
 RUNNING, PAUSED, MET, BREACHED = "running", "paused", "met", "breached"
 OPEN_STATES = (RUNNING, PAUSED)
@@ -257,10 +258,29 @@ def _effective_extension(history: list[dict]) -> dict | None:
     return current
 
 
+class _OpeningClock(RenegotiatedClock):
+    """The clock of a row ``prepare_clocks`` is opening: it is read, never paused or changed, so the
+    moment of each fraction of its budget is computed once (the row's deadline, ``recompute`` and a
+    ladder's 100 % rung all ask for the deadline; the ticket's warning time is its 80 %)."""
+
+    def due_at_fraction(self, fraction: float, now: datetime | None = None) -> datetime | None:
+        """As ``RenegotiatedClock.due_at_fraction``, remembered per fraction (``now`` None only)."""
+        if now is not None:
+            return super().due_at_fraction(fraction, now)
+        moments = self.__dict__.setdefault("_moments", {})
+        if fraction not in moments:
+            moments[fraction] = super().due_at_fraction(fraction)
+        return moments[fraction]
+
+
 def clock_of(row: SlaClockRow, calendar: Calendar | None = None) -> RenegotiatedClock:
     """The arithmetic clock of a row (budget, calendar, ledger and renegotiation in force)."""
+    return _clock_of(row, calendar, RenegotiatedClock)
+
+
+def _clock_of(row: SlaClockRow, calendar: Calendar | None, cls: type[RenegotiatedClock]) -> RenegotiatedClock:
     ext = _effective_extension(row.history)
-    return RenegotiatedClock(
+    return cls(
         started_at=row.started_at,
         budget=Budget.parse(row.budget),
         calendar=calendar or get_calendar(),
@@ -310,8 +330,6 @@ def recompute(session: Session, row: SlaClockRow, now: datetime | None = None,
 def _audit(session: Session, action: str, at: datetime, instance_id: int | None, actor: str | None,
            details: dict) -> None:
     """An audit row: through the current step when it owns ``session``, else appended directly."""
-    from engine.step import current_step
-
     try:
         step = current_step()
     except RuntimeError:
@@ -436,17 +454,26 @@ class ClockOpening:
     existing: list[ClockValues]  # the subject's clocks before (every column), oldest first
     new: list[ClockValues]  # the clocks to open, in policy order (no ``id``: not read back)
     dues: dict[str, datetime | None]  # what ``open_clocks`` returns
+    clocks: dict[str, RenegotiatedClock] = dataclasses.field(default_factory=dict)  # ``clock_of`` the new rows
+
+    def clock(self, row: ClockValues) -> RenegotiatedClock:
+        """``clock_of(row)`` for one of ``rows`` (the new ones' as computed when they were prepared)."""
+        clock = self.clocks.get(row.name)
+        return clock if clock is not None and any(r is row for r in self.new) else clock_of(row)
 
     @property
     def rows(self) -> list[ClockValues]:
         """Every clock the subject has once written, oldest first."""
         return self.existing + self.new
 
-    def write(self, session: Session) -> None:
-        """Insert the new clocks (in the session's transaction) and audit ``sla_clocks_opened``."""
+    def write(self, session: Session, conn: Connection | None = None) -> None:
+        """Insert the new clocks (in the session's transaction) and audit ``sla_clocks_opened``.
+
+        ``conn``: the session's connection, when the caller has it already.
+        """
         if not self.new:
             return
-        _INSERT_CLOCK.run_many(session.connection(), [r.columns() for r in self.new])
+        _INSERT_CLOCK.run_many(conn if conn is not None else session.connection(), [r.columns() for r in self.new])
         _audit(session, "sla_clocks_opened", self.started_at, self.instance_id, self.actor,
                {"subject_type": self.subject_type, "subject_key": self.subject_key, "policy": self.policy,
                 "priority": self.priority, "tier": self.tier, "owner": self.owner, "group": self.group,
@@ -455,17 +482,22 @@ class ClockOpening:
 
 def prepare_clocks(session: Session, *, subject_type: str, subject_key: str, instance_id: int | None,
                    priority: str | None, ticket_type: str | None, tier: str | None, owner: str | None,
-                   group: str | None, started_at: datetime, pm, actor: str | None = None) -> ClockOpening:
-    """What ``open_clocks`` would open (policy and ladder hooks asked, deadlines computed); ``write`` opens them."""
+                   group: str | None, started_at: datetime, pm, actor: str | None = None,
+                   conn: Connection | None = None) -> ClockOpening:
+    """What ``open_clocks`` would open (policy and ladder hooks asked, deadlines computed); ``write`` opens them.
+
+    ``conn``: the session's connection (``connection``), when the caller has it already.
+    """
     if not subject_key or not isinstance(subject_key, str):
         raise SlaError(f"subject_key must be a non-empty string, got {subject_key!r}")
     started_at = _aware(started_at, "started_at")
     policy = _policy(pm, subject_type, priority, ticket_type, tier)
     cal = get_calendar()
-    existing = _full_rows(connection(session), subject_key)
+    existing = _full_rows(conn if conn is not None else connection(session), subject_key)
     by_name = {r.name: r for r in existing}
     dues: dict[str, datetime | None] = {}
     new: list[ClockValues] = []
+    clocks: dict[str, RenegotiatedClock] = {}
     now = utcnow()
     for name, spec in policy["clocks"].items():
         if name in by_name:
@@ -481,7 +513,7 @@ def prepare_clocks(session: Session, *, subject_type: str, subject_key: str, ins
             "policy": policy["policy"], "budget": budget.spec, "calendar_name": cal.name, "started_at": started_at,
             "pauses": [], "history": [], "ladder": [], "due_at": None, "stopped_at": None, "next_rung_at": None,
             "owner": owner, "group_name": group, "created_at": now, "updated_at": now})
-        clock = clock_of(row, cal)
+        clock = clocks[name] = _clock_of(row, cal, _OpeningClock)
         row.due_at = clock.deadline()
         row.ladder = _ladder(pm, clock_info(row))
         recompute(session, row, fired={}, clock=clock)
@@ -489,7 +521,7 @@ def prepare_clocks(session: Session, *, subject_type: str, subject_key: str, ins
         dues[name] = row.due_at
     return ClockOpening(subject_type=subject_type, subject_key=subject_key, instance_id=instance_id,
                         policy=policy["policy"], priority=priority, tier=tier, owner=owner, group=group,
-                        started_at=started_at, actor=actor, existing=existing, new=new, dues=dues)
+                        started_at=started_at, actor=actor, existing=existing, new=new, dues=dues, clocks=clocks)
 
 
 def stop_clock(session: Session, subject_key: str, name: str, at: datetime, actor: str | None = None) -> None:
@@ -503,16 +535,22 @@ def stop_clock(session: Session, subject_key: str, name: str, at: datetime, acto
     stop_clocks(session, [row], at, actor=actor)
 
 
-def stop_clocks(session: Session, rows: list[ClockValues], at: datetime, actor: str | None = None) -> None:
+def stop_clocks(session: Session, rows: list[ClockValues], at: datetime, actor: str | None = None,
+                conn: Connection | None = None) -> None:
     """Stop the given clocks (loaded with ``load_clocks``, locked) at ``at``, one after the other, as ``stop_clock``.
 
-    Clocks already stopped are left alone; the rows are updated in place.
+    Clocks already stopped are left alone; the rows are updated in place. ``conn``: the session's
+    connection, when the caller has it already.
     """
     at = _aware(at, "at")
+    cal = None
     for row in rows:
         if row.status not in OPEN_STATES:
             continue
-        clock = clock_of(row)
+        if cal is None:  # once, for the first clock still open
+            cal = get_calendar()
+            conn = conn if conn is not None else session.connection()
+        clock = clock_of(row, cal)
         values: dict[str, Any] = {}
         if clock.is_paused:
             _guard(clock.resume, at)
@@ -523,8 +561,8 @@ def stop_clocks(session: Session, rows: list[ClockValues], at: datetime, actor: 
         row.stopped_at = at
         row.next_rung_at = None
         row.updated_at = utcnow()
-        _UPDATE_CLOCK.run(session.connection(), {**values, "b_id": row.id, "due_at": due, "status": row.status,
-                                                 "stopped_at": at, "next_rung_at": None, "updated_at": row.updated_at})
+        _UPDATE_CLOCK.run(conn, {**values, "b_id": row.id, "due_at": due, "status": row.status, "stopped_at": at,
+                                 "next_rung_at": None, "updated_at": row.updated_at})
         expire_loaded(session, SlaClockRow, [row.id])
         _audit(session, "sla_clock_stopped", at, row.instance_id, actor,
                {"subject_key": row.subject_key, "clock": row.name, "outcome": row.status, "due_at": _iso(due),
@@ -673,15 +711,18 @@ def set_owner(session: Session, subject_key: str, owner: str | None, group: str 
 
 
 def set_owner_of(session: Session, rows: list[ClockValues], subject_key: str, owner: str | None,
-                 group: str | None = None) -> None:
-    """``set_owner`` on a subject's clocks already loaded (every clock of it, locked); updates them in place."""
+                 group: str | None = None, conn: Connection | None = None) -> None:
+    """``set_owner`` on a subject's clocks already loaded (every clock of it, locked); updates them in place.
+
+    ``conn``: the session's connection, when the caller has it already.
+    """
     rows = _pick(rows, subject_key, None)
     before = rows[0].owner
     if any(r.owner != owner or (group is not None and r.group_name != group) for r in rows):
         params: dict[str, Any] = {"b_subject": subject_key, "owner": owner}
         if group is not None:
             params["group_name"] = group
-        _UPDATE_SUBJECT.run(session.connection(), params)
+        _UPDATE_SUBJECT.run(conn if conn is not None else session.connection(), params)
         for row in rows:
             row.owner = owner
             if group is not None:

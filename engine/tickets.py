@@ -37,9 +37,10 @@ stops with the first response (the diagnosis is the plan).
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import weakref
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -56,6 +57,7 @@ from sqlalchemy import (
     bindparam,
     insert,
     inspect,
+    literal_column,
     select,
     text,
     update,
@@ -68,6 +70,7 @@ from engine.errors import Conflict, NotFound
 from engine.fastsql import Prepared
 from engine.models import Base, BigId, HumanTask, ProcessVersion, UTCDateTime
 from engine.serialization import to_jsonable
+from engine.step import Step, current_step
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 PREFIX = "SN"
@@ -179,7 +182,7 @@ class TicketSerial(Base):
 # changes are flushed before, ORM objects of the rows written are expired after).
 
 _TICKETS = Ticket.__table__
-_INSERT_TICKET = Prepared(insert(_TICKETS))
+_INSERT_TICKET = Prepared(insert(_TICKETS).returning(_TICKETS.c.id))
 _INSERT_EVENT = Prepared(insert(TicketEvent.__table__))
 _UPDATE_TICKET = Prepared(update(_TICKETS).where(_TICKETS.c.id == bindparam("b_id")))
 _UPDATE_COLUMNS = ("id", "number", "instance_id", "customer_id", "customer_name", "customer_tier", "type",
@@ -197,6 +200,61 @@ class TicketValues:
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
+
+
+# ------------------------------------------------------------------ the step's last row
+# ``register_ticket`` and ``update_ticket`` (or two updates) often run in the same step: the
+# intake step registers and starts the diagnosis, the fix step records ``resolved`` then
+# ``revisit``. Each call leaves the columns ``update_ticket`` reads in the step (``Step.extras``)
+# as the database would return them (UTC datetimes, JSON read back from its text), and the next
+# call of the same step takes them instead of reading the row again. That is the row: the step
+# holds it locked (SQLite: the write lock; PostgreSQL: the row lock of the SELECT ... FOR UPDATE,
+# INSERT or UPDATE that wrote it) and only this module writes ``tickets`` rows. They are used only
+# in the same (innermost) transaction they were left in and while the session holds no ``Ticket``
+# ORM object (whose flushed changes a read would see); a call takes them out before it writes
+# (one that fails leaves none behind) and ``extend_deadline_in`` drops them.
+
+_STEP_ROWS = "engine.tickets.rows"  # Step.extras key: {number: (transaction, row, facts as read back or None)}
+_DATETIME_COLUMNS = tuple(n for n in _UPDATE_COLUMNS if isinstance(_TICKETS.c[n].type, UTCDateTime))
+
+
+def _transaction(session: Session):
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _take_step_row(step: Step | None, session: Session, number: str) -> dict[str, Any] | None:
+    """The columns the step's last call left for ticket ``number``, taken out; None when unknown or unsafe."""
+    rows = step.extras.get(_STEP_ROWS) if step is not None else None
+    entry = rows.pop(number, None) if rows else None
+    if entry is None:
+        return None
+    txn, row, facts = entry
+    if txn is not _transaction(session) or any(key[0] is Ticket for key in session.identity_map.keys()):
+        return None
+    values = {n: row.__dict__[n] for n in _UPDATE_COLUMNS}
+    for n in _DATETIME_COLUMNS:  # as UTCDateTime reads them
+        if values[n] is not None:
+            values[n] = values[n].astimezone(UTC)
+    if facts is not None:
+        values["facts"] = facts
+    return values
+
+
+def _leave_step_row(step: Step | None, session: Session, row: TicketValues, facts_written: bool) -> None:
+    """Leave ``row`` (as just written; the caller drops it) for the step's next call on the same ticket.
+
+    ``facts_written``: the row's ``facts`` went to the database in this call; they are kept as the
+    JSON column reads its text back (and so apart from the objects the caller may change later).
+    """
+    if step is not None:
+        facts = json.loads(json.dumps(row.facts)) if facts_written else None
+        step.extras.setdefault(_STEP_ROWS, {})[row.number] = (_transaction(session), row, facts)
+
+
+def _drop_step_row(step: Step | None, number: str) -> None:
+    rows = step.extras.get(_STEP_ROWS) if step is not None else None
+    if rows:
+        rows.pop(str(number), None)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -256,10 +314,8 @@ def _is_person(actor: str | None) -> bool:
     return bool(actor) and actor not in SYSTEM_ACTORS
 
 
-def _step_for(session: Session):
+def _step_for(session: Session) -> Step | None:
     """The current step when it runs on ``session`` (host functions), else None."""
-    from engine.step import current_step
-
     try:
         step = current_step()
     except RuntimeError:
@@ -267,9 +323,9 @@ def _step_for(session: Session):
     return step if step.session is session else None
 
 
-def _audit(session: Session, action: str, actor: str, details: dict, now: datetime,
+def _audit(step: Step | None, session: Session, action: str, actor: str, details: dict, now: datetime,
            instance_id: int | None) -> None:
-    step = _step_for(session)
+    """An audit row: through ``step`` (the current step on ``session``) if any, else appended in ``session``."""
     if step is not None:
         step.audit(action, actor=actor, details=details)
         return
@@ -291,10 +347,10 @@ def _lock(session: Session, number: str) -> Ticket:
 
 # ------------------------------------------------------------------------- numbering
 
-_SERIAL_UPSERT = text(
+_SERIAL_UPSERT = Prepared(text(
     "INSERT INTO ticket_serials (day, last) VALUES (:day, 1) "
     "ON CONFLICT (day) DO UPDATE SET last = ticket_serials.last + 1 RETURNING last"
-)
+).columns(last=Integer))  # one row back, read like a SELECT's (Prepared.all)
 
 
 def local_day(at: datetime) -> str:
@@ -307,11 +363,14 @@ def format_number(day: str, serial: int) -> str:
     return f"{PREFIX}{day}{serial:03d}"
 
 
-def next_number(session: Session, at: datetime) -> str:
-    """Take the next ticket number of ``at``'s Asia/Shanghai day (atomic; locks that day's serial row)."""
+def next_number(session: Session, at: datetime, conn: Connection | None = None) -> str:
+    """Take the next ticket number of ``at``'s Asia/Shanghai day (atomic; locks that day's serial row).
+
+    ``conn``: the session's connection, when the caller has it already.
+    """
     day = local_day(at)
-    serial = session.connection().execute(_SERIAL_UPSERT, {"day": day}).scalar_one()
-    return format_number(day, int(serial))
+    (serial,) = _SERIAL_UPSERT.all(conn if conn is not None else session.connection(), {"day": day})
+    return format_number(day, int(serial.last))
 
 
 # --------------------------------------------------------------------- customer registry
@@ -377,8 +436,11 @@ def _registry_customer(session: Session, customer: dict, conn: Connection | None
         stmt = _by_phone.get(reg)
         if stmt is None:
             c = reg.Customer.__table__.c
+            # 'active' written out, not bound: the phone key index is partial (WHERE status = 'active'), and
+            # SQLite re-plans a statement on every run when a bound value decides whether it may use one
             stmt = _by_phone[reg] = Prepared(select(c.id, c.name, c.customer_type, c.tier)
-                                              .where(c.status == "active", c.phone_key == bindparam("key")))
+                                              .where(c.status == literal_column("'active'"),
+                                                     c.phone_key == bindparam("key")))
         return stmt.first(conn if conn is not None else session.connection(), {"key": key})
     return None
 
@@ -420,13 +482,17 @@ def _record_contact(session: Session, row: Ticket | TicketValues, summary: str, 
 # ------------------------------------------------------------------------------- clocks
 
 
-def _round_clocks(session: Session, row: TicketValues, round_no: int, started_at: datetime, *, pm,
-                  actor: str) -> sla.ClockOpening:
-    """The SLA clocks of a round, not written yet; their deadlines are copied onto the row."""
+def _round_clocks(session: Session, conn: Connection, row: TicketValues, round_no: int, started_at: datetime, *,
+                  pm, actor: str) -> sla.ClockOpening:
+    """The SLA clocks of a round, not written yet; their deadlines are copied onto the row.
+
+    ``conn``: the session's connection, pending ORM changes flushed (``sla.connection``).
+    """
     key = subject_key(row.number, round_no)
     opening = sla.prepare_clocks(session, subject_type="ticket", subject_key=key, instance_id=row.instance_id,
                                  priority=row.priority, ticket_type=row.type, tier=row.customer_tier,
-                                 owner=row.engineer, group=SLA_GROUP, started_at=started_at, pm=pm, actor=actor)
+                                 owner=row.engineer, group=SLA_GROUP, started_at=started_at, pm=pm, actor=actor,
+                                 conn=conn)
     rows = opening.rows
     first, solution = _role_clock(rows, "first_response"), _role_clock(rows, "solution")
     if solution is not None:
@@ -434,7 +500,7 @@ def _round_clocks(session: Session, row: TicketValues, round_no: int, started_at
         row.sla_policy = solution.policy
         row.first_response_due = first.due_at if first is not None else None
         row.solution_due = solution.due_at
-        row.solution_warn_at = sla.clock_of(solution).due_at_fraction(WARN_FRACTION)
+        row.solution_warn_at = opening.clock(solution).due_at_fraction(WARN_FRACTION)
     return opening
 
 
@@ -446,11 +512,11 @@ def _require_solution_clock(row: TicketValues, opening: sla.ClockOpening) -> Non
                           "needs a 'solution' (or 'resolve') clock")
 
 
-def _open_round_clocks(session: Session, row: TicketValues, round_no: int, started_at: datetime, *, pm,
-                       actor: str) -> None:
+def _open_round_clocks(session: Session, conn: Connection, row: TicketValues, round_no: int, started_at: datetime,
+                       *, pm, actor: str) -> None:
     """Open the SLA clocks of a round and copy its deadlines onto the row."""
-    opening = _round_clocks(session, row, round_no, started_at, pm=pm, actor=actor)
-    opening.write(session)
+    opening = _round_clocks(session, conn, row, round_no, started_at, pm=pm, actor=actor)
+    opening.write(session, conn)
     _require_solution_clock(row, opening)
 
 
@@ -477,11 +543,12 @@ class _Clocks:
 
     def set_owner(self, subject: str, owner: str | None) -> None:
         """``sla.set_owner`` on the loaded clocks of ``subject``."""
-        sla.set_owner_of(self.session, self.of(subject), subject, owner)
+        sla.set_owner_of(self.session, self.of(subject), subject, owner, conn=self.conn)
 
     def stop(self, rows: list[sla.ClockValues], at: datetime, actor: str) -> None:
         """Stop those of ``rows`` still running or paused."""
-        sla.stop_clocks(self.session, [r for r in rows if r.status in sla.OPEN_STATES], at, actor=actor)
+        sla.stop_clocks(self.session, [r for r in rows if r.status in sla.OPEN_STATES], at, actor=actor,
+                        conn=self.conn)
 
 
 # -------------------------------------------------------------------------------- views
@@ -579,7 +646,7 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
         cust_id = str(customer["customer_id"]).strip() if customer.get("customer_id") not in (None, "") else None
         name, ctype, tier = customer.get("name"), customer.get("customer_type"), customer.get("tier")
     classification = intake.get("classification") if isinstance(intake.get("classification"), dict) else None
-    number = next_number(session, now)
+    number = next_number(session, now, conn)
     row = TicketValues({
         "number": number, "instance_id": instance_id, "customer_id": _cut(cust_id, 64),
         "customer_name": _cut(name, 200), "customer_type": _cut(ctype, 20), "customer_tier": _cut(tier, 30),
@@ -593,9 +660,12 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
         "first_response_at": None, "resolved_at": None, "resolved_by": None, "closed_at": None, "visit_at": None,
         "engineer": None, "spare_parts": [], "overall_score": None,  # satisfaction: SQL NULL, not JSON null
         "facts": {"classification": classification} if classification else {}, "last_update_at": now})
-    opening = _round_clocks(session, row, 1, received_at, pm=pm, actor=actor)
-    _INSERT_TICKET.run(conn, dict(row.__dict__))  # the ticket row first, its clocks after, as ever
-    opening.write(session)
+    opening = _round_clocks(session, conn, row, 1, received_at, pm=pm, actor=actor)
+    # the ticket row first, its clocks after, as ever; None columns are left out (NULL all the same:
+    # none of them has a default) so they cost no parameter conversion
+    (inserted,) = _INSERT_TICKET.all(conn, {k: v for k, v in row.__dict__.items() if v is not None})
+    row.id = inserted.id
+    opening.write(session, conn)
     _require_solution_clock(row, opening)
     _INSERT_EVENT.run(conn, {"number": number, "at": now, "status": "open", "round": 1, "reason": None,
                              "by_user": actor})
@@ -604,11 +674,12 @@ def register_ticket_in(session: Session, intake: dict, *, pm, now: datetime, act
         step.business_key = number
     _record_contact(session, row, f"Ticket {number} opened ({ticket_type}, {priority}): "
                     f"{(problem.get('symptom') or '')[:300]}", actor, now)
-    _audit(session, "ticket_registered", actor, {
+    _audit(step, session, "ticket_registered", actor, {
         "number": number, "type": ticket_type, "priority": priority, "customer_id": cust_id,
         "received_at": _iso(received_at), "first_response_due": _iso(row.first_response_due),
         "solution_due": _iso(row.solution_due), "policy": row.sla_policy}, now, instance_id)
     session.flush()
+    _leave_step_row(step, session, row, facts_written=bool(row.facts))
     return ticket_view(row)
 
 
@@ -616,50 +687,8 @@ _COLUMN_FACTS = {"fault_category": 30, "engineer": 150, "resolved_by": 20}  # na
 _TIME_FACTS = ("first_response_at", "resolved_at", "closed_at")
 
 
-def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor: str,
-                     **facts: Any) -> dict[str, Any]:
-    """Record a ticket's progress: ``status`` (with ``round``, ``reason``) and facts; returns ``ticket_view``.
-
-    Known facts go to columns (``first_response_at``, ``resolved_at``, ``closed_at``,
-    ``visit_at``, ``engineer``, ``resolved_by``, ``fault_category``, ``spare_parts``,
-    ``satisfaction``); any other fact is kept in ``facts``. A closed ticket cannot change.
-    """
-    conn = sla.connection(session)
-    found = (_SELECT_FOR_UPDATE_PG if conn.dialect.name == "postgresql" else _SELECT_FOR_UPDATE).first(
-        conn, {"number": str(number)})
-    if found is None:
-        raise NotFound(f"no ticket {number!r}")
-    loaded = found._asdict()
-    row = TicketValues(loaded)
-    if row.status == "closed":
-        raise Conflict(f"ticket {row.number} is closed; it cannot change any more")
-    status = facts.pop("status", None)
-    round_no = facts.pop("round", None)
-    reason = facts.pop("reason", None)
-    if status is not None and status not in STATUSES:
-        raise TicketError(f"ticket status {status!r} is not one of {', '.join(STATUSES)}")
-    if round_no is not None:
-        if isinstance(round_no, bool) or not isinstance(round_no, int) or round_no < 1:
-            raise TicketError(f"round must be a positive whole number, got {round_no!r}")
-    times = {k: _past_moment(facts.pop(k), k, now) for k in _TIME_FACTS if facts.get(k)}
-    for k in _TIME_FACTS:
-        facts.pop(k, None)
-    before = {"status": row.status, "round": row.round}
-    changed: list[str] = []
-    clocks = _Clocks(session, conn)
-
-    if status == "reopened":
-        failed_round = round_no or row.round
-        row.reopen_count += 1
-        row.first_response_at = row.resolved_at = row.resolved_by = None
-        _open_round_clocks(session, row, failed_round + 1, now, pm=pm, actor=actor)
-        changed += ["reopen_count", "first_response_due", "solution_due"]
-    elif round_no is not None and round_no > _subject_round(row):  # a new round without a reopening
-        row.reopen_count += 1
-        row.first_response_at = row.resolved_at = row.resolved_by = None
-        _open_round_clocks(session, row, round_no, now, pm=pm, actor=actor)
-        changed += ["reopen_count", "first_response_due", "solution_due"]
-
+def _record_facts(row: TicketValues, facts: dict[str, Any], changed: list[str]) -> None:
+    """Put ``update_ticket``'s facts (``status``, ``round``, ``reason`` and the times taken out) on the row."""
     for key, size in _COLUMN_FACTS.items():
         if facts.get(key) is not None:
             setattr(row, key, _cut(str(facts.pop(key)), size))
@@ -687,6 +716,59 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
     if rest:
         row.facts = {**(row.facts or {}), **to_jsonable(rest)}
         changed += sorted(rest)
+
+
+def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor: str,
+                     **facts: Any) -> dict[str, Any]:
+    """Record a ticket's progress: ``status`` (with ``round``, ``reason``) and facts; returns ``ticket_view``.
+
+    Known facts go to columns (``first_response_at``, ``resolved_at``, ``closed_at``,
+    ``visit_at``, ``engineer``, ``resolved_by``, ``fault_category``, ``spare_parts``,
+    ``satisfaction``); any other fact is kept in ``facts``. A closed ticket cannot change.
+    """
+    conn = sla.connection(session)
+    step = _step_for(session)
+    loaded = _take_step_row(step, session, str(number))
+    if loaded is None:
+        found = (_SELECT_FOR_UPDATE_PG if conn.dialect.name == "postgresql" else _SELECT_FOR_UPDATE).first(
+            conn, {"number": str(number)})
+        if found is None:
+            raise NotFound(f"no ticket {number!r}")
+        loaded = found._asdict()
+    row = TicketValues(loaded)
+    if row.status == "closed":
+        raise Conflict(f"ticket {row.number} is closed; it cannot change any more")
+    status = facts.pop("status", None)
+    round_no = facts.pop("round", None)
+    reason = facts.pop("reason", None)
+    if status is not None and status not in STATUSES:
+        raise TicketError(f"ticket status {status!r} is not one of {', '.join(STATUSES)}")
+    if round_no is not None:
+        if isinstance(round_no, bool) or not isinstance(round_no, int) or round_no < 1:
+            raise TicketError(f"round must be a positive whole number, got {round_no!r}")
+    times: dict[str, datetime] = {}
+    if facts:
+        times = {k: _past_moment(facts.pop(k), k, now) for k in _TIME_FACTS if facts.get(k)}
+        for k in _TIME_FACTS:
+            facts.pop(k, None)
+    before = {"status": row.status, "round": row.round}
+    changed: list[str] = []
+    clocks = _Clocks(session, conn)
+
+    if status == "reopened":
+        failed_round = round_no or row.round
+        row.reopen_count += 1
+        row.first_response_at = row.resolved_at = row.resolved_by = None
+        _open_round_clocks(session, conn, row, failed_round + 1, now, pm=pm, actor=actor)
+        changed += ["reopen_count", "first_response_due", "solution_due"]
+    elif round_no is not None and round_no > _subject_round(row):  # a new round without a reopening
+        row.reopen_count += 1
+        row.first_response_at = row.resolved_at = row.resolved_by = None
+        _open_round_clocks(session, conn, row, round_no, now, pm=pm, actor=actor)
+        changed += ["reopen_count", "first_response_due", "solution_due"]
+
+    if facts:  # a status change alone (most calls) has none
+        _record_facts(row, facts, changed)
 
     if row.engineer and "engineer" in changed:
         clocks.set_owner(row.sla_subject, row.engineer)
@@ -730,10 +812,11 @@ def update_ticket_in(session: Session, number: str, *, pm, now: datetime, actor:
         if status == "closed" and row.overall_score is not None:
             summary += f" (overall satisfaction {row.overall_score}/5)"
         _record_contact(session, row, summary, actor, now)
-    _audit(session, "ticket_updated", actor, {
+    _audit(step, session, "ticket_updated", actor, {
         "number": row.number, "status": {"from": before["status"], "to": row.status},
         "round": {"from": before["round"], "to": row.round}, "reason": reason, "changed": sorted(set(changed))},
         now, row.instance_id)
+    _leave_step_row(step, session, row, facts_written="facts" in values)
     return ticket_view(row)
 
 
@@ -750,6 +833,8 @@ def extend_deadline_in(session: Session, number: str, clock: str, new_due: Any, 
         raise TicketError(f"clock {clock!r} is not one of {', '.join(CLOCK_ROLES)}")
     if not reason or not str(reason).strip():
         raise TicketError("a renegotiated deadline needs a reason (the customer is told it)")
+    step = _step_for(session)
+    _drop_step_row(step, number)  # the ORM writes this row: the next update reads it
     row = _lock(session, number)
     if row.status == "closed":
         raise Conflict(f"ticket {row.number} is closed; its deadlines cannot change")
@@ -764,7 +849,7 @@ def extend_deadline_in(session: Session, number: str, clock: str, new_due: Any, 
     setattr(row, column, new_value)
     row.last_update_at = now
     redated = redate_tasks(session, row.instance_id, clock, new_value)
-    _audit(session, "ticket_deadline_extended", actor, {
+    _audit(step, session, "ticket_deadline_extended", actor, {
         "number": row.number, "clock": clock, "sla_clock": target.name, "from": _iso(previous),
         "to": _iso(new_value), "reason": str(reason), "tasks": redated}, now, row.instance_id)
     return ticket_view(row)
