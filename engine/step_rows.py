@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, literal_column, select, update
 
 from engine.fastsql import Prepared
 from engine.models import HumanTask, Instance, OutboxMessage, ProcessVersion, Timer
@@ -131,8 +131,10 @@ def insert_tasks(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 # -------------------------------------------------------------------------------- timers
 
+# 'waiting' written out: compared with a bound value, the partial index on that condition makes
+# SQLite prepare the statement again on every run
 _SELECT_WAITING_TIMERS = Prepared(select(_timers.c.id, _timers.c.task_id, _timers.c.due_at).where(
-    _timers.c.instance_id == bindparam("instance_id"), _timers.c.status == "waiting"))
+    _timers.c.instance_id == bindparam("instance_id"), _timers.c.status == literal_column("'waiting'")))
 _END_TIMER = Prepared(update(_timers).where(_timers.c.id == bindparam("b_id"))
                       .values(status=bindparam("status"), fired_at=bindparam("fired_at")))
 _INSERT_TIMER = Prepared(insert(_timers))
