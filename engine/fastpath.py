@@ -19,15 +19,26 @@ each task of an accelerated workflow gets a ``_set_state`` that builds it only w
 logger takes it (``_TaskDict``, the workflow's task dict, gives it to every task added).
 The change is per instance: SpiffWorkflow's classes stay untouched (the bare-SpiffWorkflow
 baseline of the benchmark runs alongside).
+
+A subprocess starts with a ``copy.deepcopy`` of its calling task's data and hands its end's
+data back the same way; deepcopy's bookkeeping costs several times the copy itself. The
+subprocess tasks of an accelerated workflow's specs (spec objects, once per spec: the
+engine's spec cache is the only user of them) copy with ``tree_copy``, which is
+``copy.deepcopy`` exactly: it copies directly what it can prove to be a plain tree (exact
+dicts and lists, without any container met twice, around strings, numbers, booleans and
+None, which deepcopy returns as they are) and leaves anything else to deepcopy.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import types
+from typing import Any
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import CallActivity, SubWorkflowTask
 from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
 from SpiffWorkflow.bpmn.util.task import BpmnTaskFilter
 from SpiffWorkflow.task import Task
@@ -56,9 +67,13 @@ class FastPathMismatch(AssertionError):
 
 def accelerate(workflow: BpmnWorkflow) -> BpmnWorkflow:
     """Give a top-level workflow, its subprocesses and the ones it creates later the dict scans
-    (and their tasks the quiet state changes); returns it."""
+    (and their tasks the quiet state changes, the subprocess tasks of its specs the quick data
+    copies); returns it."""
     _install(workflow)
     _install_tasks(workflow)
+    _install_copies(workflow.spec)
+    for spec in workflow.subprocess_specs.values():
+        _install_copies(spec)
     for sub in workflow.subprocesses.values():
         _install(sub)
         _install_tasks(sub)
@@ -105,6 +120,97 @@ def _wrap_create(create):
         return subprocess
 
     return create_subprocess
+
+
+# -- subprocess data copies --------------------------------------------------------------------
+
+_COPIES = "_careflow_tree_copies"  # set on a process spec whose subprocess tasks copy with tree_copy
+
+
+def _install_copies(spec) -> None:
+    """Give the subprocess tasks of a process spec (once) SpiffWorkflow's ``copy_data`` and
+    ``update_data`` with ``tree_copy`` for ``copy.deepcopy``; a subclass's own versions stay."""
+    if spec is None or spec.__dict__.get(_COPIES):
+        return
+    for task_spec in spec.task_specs.values():
+        if isinstance(task_spec, SubWorkflowTask):
+            kind = type(task_spec)
+            if kind.copy_data is SubWorkflowTask.copy_data:
+                task_spec.copy_data = types.MethodType(_copy_data, task_spec)
+            if kind.update_data is SubWorkflowTask.update_data:
+                task_spec.update_data = types.MethodType(_update_data, task_spec)
+            elif kind.update_data is CallActivity.update_data:
+                task_spec.update_data = types.MethodType(_call_activity_update_data, task_spec)
+    spec.__dict__[_COPIES] = True
+
+
+def _copy_data(self: SubWorkflowTask, my_task, subworkflow) -> None:
+    """``SubWorkflowTask.copy_data``: the calling task's data into the subprocess's start."""
+    start = subworkflow.get_next_task(spec_name="Start")
+    start.set_data(**tree_copy(my_task.data))
+
+
+def _update_data(self: SubWorkflowTask, my_task, subworkflow) -> None:
+    """``SubWorkflowTask.update_data``: the subprocess's last data back into the calling task."""
+    my_task.data = tree_copy(subworkflow.last_task.data)
+
+
+def _call_activity_update_data(self: CallActivity, my_task, subworkflow) -> None:
+    """``CallActivity.update_data``: all the data back when the called process names no outputs."""
+    io_specification = subworkflow.spec.io_specification
+    if io_specification is None or len(io_specification.data_outputs) == 0:
+        my_task.data = tree_copy(subworkflow.last_task.data)
+    else:
+        CallActivity.update_data(self, my_task, subworkflow)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})  # deepcopy returns these as they are
+
+
+class _NotATree(Exception):
+    """A value ``tree_copy`` leaves to deepcopy."""
+
+
+def tree_copy(value: Any) -> Any:
+    """``copy.deepcopy(value)``: the same copy, made directly when ``value`` is a plain tree.
+
+    A plain tree: exact dicts and lists, none met twice (deepcopy would copy a shared one
+    once, and keep a cycle), with keys and leaves of the types deepcopy returns as they are,
+    at most ``_MAX_DEPTH`` deep. Anything else (a tuple, a datetime, a subclass, a shared
+    list, a deeper nesting, which deepcopy may refuse at the recursion limit) goes to
+    deepcopy, whole.
+    """
+    try:
+        return _tree(value, set(), _MAX_DEPTH)
+    except _NotATree:
+        return copy.deepcopy(value)
+
+
+_MAX_DEPTH = 64
+
+
+def _tree(value: Any, seen: set, depth: int) -> Any:
+    kind = type(value)
+    if kind is dict:
+        if id(value) in seen or not depth:
+            raise _NotATree
+        seen.add(id(value))
+        atoms = _ATOMS
+        out = {}
+        for k, v in value.items():
+            if type(k) not in atoms:
+                raise _NotATree
+            out[k] = v if type(v) in atoms else _tree(v, seen, depth - 1)
+        return out
+    if kind is list:
+        if id(value) in seen or not depth:
+            raise _NotATree
+        seen.add(id(value))
+        atoms = _ATOMS
+        return [v if type(v) in atoms else _tree(v, seen, depth - 1) for v in value]
+    if kind in _ATOMS:
+        return value
+    raise _NotATree
 
 
 # -- quiet state changes -----------------------------------------------------------------------

@@ -469,23 +469,27 @@ class Careflow:
 
     def _run_engine(self, step: Step, wf: BpmnWorkflow, loaded: LoadedVersion, refresh: bool = False) -> None:
         """Run engine tasks to the next wait state, auditing each BPMN element that ran."""
-        snapshots: dict[UUID, dict] = {}
-        waiting_timers = {t.id for t in _waiting_events(wf) if _timer_definition(t)}
+        # by task object (a task's id hashes in Python); the id's text once per task
+        snapshots: dict = {}
+        waiting_timers = {t for t in _waiting_events(wf) if _timer_definition(t)}
+        running: list = [None, None]  # the task will_complete saw last, its id's text
 
         def will_complete(task):
-            step.current_task_id = str(task.id)
+            running[0], running[1] = task, str(task.id)
+            step.current_task_id = running[1]
             if _changes_data(task):
-                snapshots[task.id] = copy_data(task.data)
+                snapshots[task] = copy_data(task.data)
 
         def did_complete(task):
             spec = task.task_spec
             if spec.bpmn_id is None:
                 return  # SpiffWorkflow's internal bookkeeping tasks
-            action = "timer_fired" if task.id in waiting_timers else "engine_task"
-            before = snapshots.pop(task.id, None)
+            action = "timer_fired" if task in waiting_timers else "engine_task"
+            before = snapshots.pop(task, None)
             step.audit(action, actor="timer" if action == "timer_fired" else "system",
                        cause="timer" if action == "timer_fired" else step.cause if step.cause == "timer"
-                       else "system", task_id=str(task.id), task_name=spec.bpmn_id, task_title=spec.bpmn_name,
+                       else "system", task_id=running[1] if running[0] is task else str(task.id),
+                       task_name=spec.bpmn_id, task_title=spec.bpmn_name,
                        lane=getattr(spec, "lane", None),
                        data_diff=data_diff(before, task.data) if before is not None else None,
                        details={"type": spec.__class__.__name__})

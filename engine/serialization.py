@@ -10,16 +10,34 @@ that delta only stays valid while the parent is finished too, so a finished task
 a still-running parent (an iteration of a loop) is stored with its full data instead.
 
 ``dump_state`` writes the JSON that ``json.dumps(serializer.to_dict(wf))`` would write,
-byte for byte, but keeps the JSON text of each task that cannot have changed since the
-previous dump of the same workflow object (a finished task; an unfinished one without
-data of its own, or whose data equals its parent's: no delta), so a step re-encodes only the
-tasks that moved; the common values of a task (empty dicts, floats, ints, booleans, its spec's
-name) are written directly rather than through the encoder.
+byte for byte, but keeps the JSON text of what cannot have changed since the previous dump
+of the same workflow object, so a step re-encodes only what moved. A task's text has three
+parts: its fixed fields (ids, children, state, spec name...: reused while they are the
+same objects), its internal data and its data or delta. Those two are encoded anew for a
+running task (they change with it, mostly); a finished task's are reused while the values
+they encode pickle to the same bytes (``_Pickles``), or, when no container holds them,
+without even that check (below). The common values of a task (empty dicts, floats, ints,
+booleans, its spec's name) are written directly rather than through the encoder.
+
+Why data needs checking at all: SpiffWorkflow copies a parent's data one level deep into
+its children, so the nested containers of a finished task's data are shared with the
+tasks after it, and a script changing one in place (``case["customer"]["tier"] = "vip"``)
+changes the finished task's data too: the stock conversion writes the change into its
+delta. What does not change is the data and internal-data dicts themselves of a finished
+task (and of its finished parent): scripts and expressions run on the data of the task
+running them, SpiffWorkflow inherits into, resets and merges into unfinished tasks, and
+the engine writes only the start's data and the data a user submits to a ready task. So a
+finished task whose text is made of values no container holds (strings, numbers,
+booleans, None) keeps its text for as long as its dicts are the same objects: a long
+history of such tasks costs no checking.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import threading
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -42,8 +60,6 @@ from SpiffWorkflow.util.deep_merge import DeepMerge
 from SpiffWorkflow.util.task import TaskState
 
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
-_NO_DELTA = object()  # in a cache key: the task's data equals its parent's
-_NO_DELTA_TEXT = '{"updates":{},"deletions":[]}'
 
 
 def _full_data_instead_of_delta(task) -> bool:
@@ -114,7 +130,7 @@ serializer = BpmnWorkflowSerializer(_make_registry())
 
 
 class _StateWriter:
-    """The JSON text of a workflow state, reusing the text of tasks unchanged since the last dump.
+    """The JSON text of a workflow state, reusing the text of what did not change since the last dump.
 
     It has a registry of its own, always in encoder mode (the conversion ``serialize_json``
     uses), so dumping never flips the mode of the shared ``serializer.registry``.
@@ -127,137 +143,334 @@ class _StateWriter:
         self.registry._encoder_mode = True
         self.encode = create_encoder(self.registry)(separators=(",", ":")).encode
         self.names: dict[str, str] = {}  # a task spec name's JSON text
+        self._events_text = self.encode({"bpmn_events": [], "typename": self.registry.typenames[BpmnWorkflow],
+                                         serializer.VERSION_KEY: SERIALIZER_VERSION})
+        if self.encode(self.registry.typenames[Task]) != _TASK_TYPENAME:
+            raise RuntimeError("SpiffWorkflow names its Task type differently: review _TASK_TYPENAME")
 
     def state(self, wf: BpmnWorkflow) -> str:
         enc, reg = self.encode, self.registry
-        subprocesses = ",".join(f"{enc(str(k))}:{self.workflow(sp, self.subprocess_tail(sp))}"
-                                for k, sp in wf.subprocesses.items())
-        rest = enc({"bpmn_events": reg.convert(wf.bpmn_events), "typename": reg.typenames[type(wf)],
-                    serializer.VERSION_KEY: SERIALIZER_VERSION})
-        return self.workflow(wf, f',"subprocesses":{{{subprocesses}}},{rest[1:]}')
-
-    def subprocess_tail(self, sp) -> str:
-        rest = self.encode({"parent_task_id": str(sp.parent_task_id), "spec": sp.spec.name,
-                            "typename": self.registry.typenames[type(sp)]})
-        return f",{rest[1:]}"
-
-    def workflow(self, wf, tail: str) -> str:
-        """A workflow's JSON object: WorkflowConverter.to_dict's keys in its order, then ``tail``."""
-        enc, reg = self.encode, self.registry
-        data, correlations, last_task = wf.data, wf.correlations, wf.last_task
-        success, completed = wf.success, wf.completed
-        if (type(data) is dict and not data and type(correlations) is dict and not correlations
-                and type(success) is bool and type(completed) is bool):  # a running subprocess, mostly
-            last = "null" if last_task is None else f'"{last_task.id}"'
-            head = (f'{{"data":{{}},"correlations":{{}},"last_task":{last},"success":{"true" if success else "false"}'
-                    f',"completed":{"true" if completed else "false"}}}')
+        texts = self.texts(wf)
+        out: list[str] = []  # the text's pieces, joined once
+        self.workflow(wf, out)
+        out.append(',"subprocesses":{')
+        for i, (k, sp) in enumerate(wf.subprocesses.items()):
+            out.append(f"{',' if i else ''}{self.subprocess_key(texts, k)}:")
+            self.workflow(sp, out)
+            out.append(self.subprocess_tail(sp))
+        events = wf.bpmn_events
+        if type(events) is list and not events and type(wf) is BpmnWorkflow:
+            rest = self._events_text
         else:
-            head = enc({"data": reg.convert(reg.clean(data)), "correlations": correlations,
-                        "last_task": str(last_task.id) if last_task is not None else None,
-                        "success": success, "completed": completed})
-        return f'{head[:-1]},"tasks":{{{self.tasks(wf)}}},"root":"{wf.task_tree.id}"{tail}'
+            rest = enc({"bpmn_events": reg.convert(events), "typename": reg.typenames[type(wf)],
+                        serializer.VERSION_KEY: SERIALIZER_VERSION})
+        out.append(f"}},{rest[1:]}")
+        return "".join(out)
 
-    def tasks(self, wf) -> str:
+    def texts(self, wf) -> _WorkflowTexts:
         texts = wf.__dict__.get(self.CACHE_ATTR)
         if texts is None:
             texts = wf.__dict__[self.CACHE_ATTR] = _WorkflowTexts()
-        cache, ids, children_texts, heads = texts.tasks, texts.ids, texts.children, texts.heads
-        convert, enc = self.registry.convert, self.encode
-        updated_keys, deleted_keys = DeepMerge.get_updated_keys, DeepMerge.get_deleted_keys
-        typename_text = enc(self.registry.typenames[Task])
-        names = self.names
+        return texts
+
+    def subprocess_key(self, texts: _WorkflowTexts, key) -> str:
+        known = texts.keys.get(key)
+        if known is None or known[0] is not key:
+            known = texts.keys[key] = (key, self.encode(str(key)))
+        return known[1]
+
+    def subprocess_tail(self, sp) -> str:
+        texts = self.texts(sp)
+        parent_task_id, spec_name, kind = sp.parent_task_id, sp.spec.name, type(sp)
+        known = texts.tail
+        if known is None or known[0] is not parent_task_id or known[1] is not spec_name or known[2] is not kind:
+            rest = self.encode({"parent_task_id": str(parent_task_id), "spec": spec_name,
+                                "typename": self.registry.typenames[kind]})
+            known = texts.tail = (parent_task_id, spec_name, kind, f",{rest[1:]}")  # (closes the object)
+        return known[3]
+
+    def workflow(self, wf, out: list[str]) -> None:
+        """A workflow's JSON object, open at its end: WorkflowConverter.to_dict's keys in its order."""
+        enc, reg = self.encode, self.registry
+        texts = self.texts(wf)
+        ids = texts.ids
+        data, correlations, last_task = wf.data, wf.correlations, wf.last_task
+        success, completed = wf.success, wf.completed
+        last_id = None if last_task is None else last_task.id
+        if (type(data) is dict and not data and type(correlations) is dict and not correlations
+                and type(success) is bool and type(completed) is bool):  # a running subprocess, mostly
+            last = "null" if last_task is None else ids.get(last_id) or _id_text(ids, last_id, enc)
+            head = (f'{{"data":{{}},"correlations":{{}},"last_task":{last},"success":{"true" if success else "false"}'
+                    f',"completed":{"true" if completed else "false"}}}')
+        else:  # a finished one has the data of its end
+            snapshot = _pickles().of((data, correlations))
+            known = texts.head
+            if (snapshot is not None and known is not None and known[0] == snapshot and known[1] is last_task
+                    and known[2] is last_id and known[3] is success and known[4] is completed):
+                head = known[5]
+            else:
+                head = enc({"data": reg.convert(reg.clean(data)), "correlations": correlations,
+                            "last_task": str(last_id) if last_task is not None else None,
+                            "success": success, "completed": completed})
+                texts.head = (snapshot, last_task, last_id, success, completed, head)
+        root_id = wf.task_tree.id
+        root = ids.get(root_id) or _id_text(ids, root_id, enc)
+        out.append(f'{head[:-1]},"tasks":{{')
+        out.append(self.tasks(wf))
+        out.append(f'}},"root":{root}')
+
+    def tasks(self, wf) -> str:
+        """The tasks' texts, each TaskConverter.to_dict's keys in its order: a task's fixed fields
+        (reused while they are the same objects), its internal data and its data or delta (see
+        the module's docstring for when those are reused)."""
+        texts = self.texts(wf)
+        entries = texts.tasks
+        enc, convert = self.encode, self.registry.convert
+        pickled = _pickles().of
         all_tasks = wf.tasks
         parts = []
-        for tid, task in all_tasks.items():
-            state = task._state
-            parent_id = task._parent
+        for key, task in all_tasks.items():
+            e = entries.get(task)
+            if e is None:
+                e = entries[task] = _TaskText()
+            state, changed, triggered = task._state, task.last_state_change, task.triggered
+            name, children, tid, parent_id = task.task_spec.name, task._children, task.id, task._parent
             parent = all_tasks.get(parent_id) if parent_id is not None else None
-            children = tuple(task._children)
+            # id, parent, children, last_state_change, state, task_spec, triggered
+            if (state is e.state and changed is e.changed and triggered is e.triggered and name is e.name
+                    and parent is e.parent and tid is e.id and key is e.key and parent_id is e.parent_id
+                    and children == e.children):
+                fixed = e.fixed
+            else:
+                fixed = self.fixed(e, texts.ids, key, tid, parent, parent_id, children, changed, state, name, triggered)
+            # internal_data
             internal = task.internal_data
-            no_internal = type(internal) is dict and not internal
-            delta_text = None
-            if state & _FINISHED:  # a finished task no longer changes; its children list (pruned) may
-                key = (state, task.last_state_change, children, task.triggered, task.task_spec,
-                       parent is None or bool(parent._state & _FINISHED))
-            elif not task.data and no_internal:  # its delta: "deletions" lists its parent's keys
-                parent_keys = None if parent is None else tuple(parent.data)
-                key = (state, task.last_state_change, children, task.triggered, task.task_spec, parent_keys)
-            elif parent is not None and no_internal:  # the delta decides: none, and the text is known
-                updates = updated_keys(parent.data, task.data)
-                deletions = deleted_keys(parent.data, task.data)
-                if updates or deletions:
-                    key = None
-                    delta_text = f'{{"updates":{enc(updates)},"deletions":{enc(deletions)}}}'
+            finished = state & _FINISHED
+            if type(internal) is dict and not internal:
+                internal_text = "{}"
+            elif finished and internal is e.settled_internal:  # no container in it: see the module's docstring
+                internal_text = e.internal_text
+            else:
+                snapshot = pickled(internal) if finished else None  # (a running task's changes, mostly)
+                if snapshot is not None and snapshot == e.internal_pickle:
+                    internal_text = e.internal_text
                 else:
-                    key = (state, task.last_state_change, children, task.triggered, task.task_spec, _NO_DELTA)
-                    delta_text = _NO_DELTA_TEXT
+                    internal_text = enc(convert(internal))
+                    e.internal_pickle, e.internal_text = snapshot, internal_text
+                e.settled_internal = internal if finished and _no_containers(internal, None) else None
+            # data, delta: the full data of a root (or of a finished task under a running parent, whose
+            # delta would not stay valid), else the updates and deletions against the parent's data
+            data = task.data
+            full = parent is None or bool(finished and not parent._state & _FINISHED)
+            parent_data = None if full else parent.data
+            if (finished and e.settled and e.settled_data is data and e.settled_full is full
+                    and e.settled_parent is parent_data):  # no container in it: see the module's docstring
+                data_text = e.data_used
+            elif full:
+                if type(data) is dict and not data:
+                    data_text = _EMPTY_DATA
+                else:
+                    snapshot = pickled(data) if finished else None
+                    if snapshot is not None and e.data_kind is _FULL and snapshot == e.data_pickle:
+                        data_text = e.data_text
+                    else:
+                        data_text = f'"data":{enc(data)},"delta":{{}}'
+                        e.data_kind, e.data_pickle, e.data_text = _FULL, snapshot, data_text
             else:
-                key = None
-            if key is not None:
-                hit = cache.get(tid)
-                if hit is not None and hit[0] == key:
-                    parts.append(hit[1])
-                    continue
-            if parent is None or state & _FINISHED and not parent._state & _FINISHED:
-                data = task.data
-                data_text = "{}" if not data and type(data) is dict else enc(data)
-                delta_text = "{}"
+                if type(data) is not dict or type(parent_data) is not dict:
+                    data_text = self.delta(e, DeepMerge.get_updated_keys(parent_data, data),
+                                           DeepMerge.get_deleted_keys(parent_data, data), pickled if finished else None)
+                elif not data:  # every key of the parent's is a deletion
+                    keys = tuple(parent_data)
+                    if e.data_kind is _KEYS and keys == e.data_pickle:
+                        data_text = e.data_text
+                    else:
+                        data_text = (f'"data":{{}},"delta":{{"updates":{{}},"deletions":'
+                                     f'{enc(list(keys)) if keys else "[]"}}}')
+                        # 1 == True, "1" != "true": equal keys give the same text when they are strings
+                        if all(type(k) is str for k in keys):
+                            e.data_kind, e.data_pickle, e.data_text = _KEYS, keys, data_text
+                        else:
+                            e.data_kind = None
+                else:
+                    data_text = None
+                    for k, v in data.items():  # no delta, mostly: a check that builds nothing
+                        if k not in parent_data or v != parent_data[k]:
+                            break
+                    else:
+                        if len(data) == len(parent_data):  # (and its keys are all the parent's)
+                            data_text = _NO_DELTA
+                    if data_text is None:  # DeepMerge.get_updated_keys, get_deleted_keys
+                        data_text = self.delta(
+                            e, {k: v for k, v in data.items() if k not in parent_data or v != parent_data[k]},
+                            [k for k in parent_data if k not in data], pickled if finished else None)
+            if finished and (e.settled_data is not data or e.settled_full is not full
+                             or e.settled_parent is not parent_data):
+                e.settled_data, e.settled_full, e.settled_parent = data, full, parent_data
+                e.settled = _no_containers(data, parent_data)
+            if fixed is e.fixed_used and internal_text is e.internal_used and data_text is e.data_used:
+                parts.append(e.text)
             else:
-                data_text = "{}"
-                if delta_text is None:
-                    updates = updated_keys(parent.data, task.data)
-                    deletions = deleted_keys(parent.data, task.data)
-                    delta_text = (f'{{"updates":{enc(updates) if updates else "{}"}'
-                                  f',"deletions":{enc(deletions) if deletions else "[]"}}}')
-            # TaskConverter.to_dict's keys in its order: the ids (and a loop's growing list of
-            # iterations) as text kept from earlier dumps, the values of their usual types written
-            # as the encoder writes them, anything else encoded
-            head = heads.get(tid)
-            if head is None:  # a task's id and parent never change
-                parent_text = "null" if parent is None else ids.get(parent_id) or _quoted(ids, parent_id)
-                quoted = ids.get(tid) or _quoted(ids, tid)
-                head = heads[tid] = f'{quoted}:{{"id":{quoted},"parent":{parent_text},"children":'
-            changed = task.last_state_change
-            spec_name = task.task_spec.name
-            triggered = task.triggered
-            text = (f'{head}{_children_text(children_texts, ids, tid, children) if children else "[]"}'
-                    f',"last_state_change":'
-                    f'{float.__repr__(changed) if type(changed) is float and changed - changed == 0 else enc(changed)}'
-                    f',"state":{int.__repr__(state) if type(state) is int else enc(state)}'
-                    f',"task_spec":{names.get(spec_name) or _name_text(names, spec_name, enc)}'
-                    f',"triggered":{"true" if triggered is True else "false" if triggered is False else enc(triggered)}'
-                    f',"internal_data":{"{}" if no_internal else enc(convert(internal))}'
-                    f',"data":{data_text},"delta":{delta_text},"typename":{typename_text}}}')
-            if key is not None and (state & _FINISHED or delta_text is _NO_DELTA_TEXT or parent_keys is None
-                                    or all(type(k) is str for k in parent_keys)):  # 1 == True, "1" != "true"
-                cache[tid] = (key, text)
-            parts.append(text)
-        texts.prune(all_tasks)
+                parts.append(e.join(fixed, internal_text, data_text))
+        if len(entries) > len(all_tasks):
+            texts.prune(all_tasks)
         return ",".join(parts)
+
+    def delta(self, e: _TaskText, updates: dict, deletions: list, pickled) -> str:
+        """A task's delta text: the last one while its updates and deletions pickle the same (``pickled``
+        is None for a running task: its delta changes with it, mostly)."""
+        if not updates and not deletions:
+            return _NO_DELTA
+        snapshot = None if pickled is None else pickled((updates, deletions))
+        if snapshot is not None and e.data_kind is _DELTA and snapshot == e.data_pickle:
+            return e.data_text
+        enc = self.encode
+        data_text = (f'"data":{{}},"delta":{{"updates":{enc(updates) if updates else "{}"}'
+                     f',"deletions":{enc(deletions) if deletions else "[]"}}}')
+        e.data_kind, e.data_pickle, e.data_text = _DELTA, snapshot, data_text
+        return data_text
+
+    def fixed(self, e: _TaskText, ids: dict, key, tid, parent, parent_id, children, changed, state, name,
+              triggered) -> str:
+        """The text of a task's fields that are not data (remembered in ``e`` with what it was made of)."""
+        enc, names = self.encode, self.names
+        if e.head is None or key is not e.key or tid is not e.id or parent is not e.parent \
+                or parent_id is not e.parent_id:
+            id_text = ids.get(tid) or _id_text(ids, tid, enc)
+            key_text = id_text if key is tid else enc(str(key))
+            parent_text = "null" if parent is None else ids.get(parent_id) or _id_text(ids, parent_id, enc)
+            e.head = f'{key_text}:{{"id":{id_text},"parent":{parent_text},"children":'
+            e.key, e.id, e.parent, e.parent_id = key, tid, parent, parent_id
+        if children != e.children or e.children_text is None:
+            e.children_text = _children_text(e, children, ids, enc)
+        e.state, e.changed, e.triggered, e.name = state, changed, triggered, name
+        text = e.fixed = (
+            f'{e.head}{e.children_text},"last_state_change":'
+            f'{float.__repr__(changed) if type(changed) is float and changed - changed == 0 else enc(changed)}'
+            f',"state":{int.__repr__(state) if type(state) is int else enc(state)}'
+            f',"task_spec":{names.get(name) or _name_text(names, name, enc)}'
+            f',"triggered":{"true" if triggered is True else "false" if triggered is False else enc(triggered)}')
+        return text
+
+
+_EMPTY_DATA = '"data":{},"delta":{}'
+_NO_DELTA = '"data":{},"delta":{"updates":{},"deletions":[]}'
+_FULL, _DELTA, _KEYS = "full", "delta", "keys"  # what a task's data text was made of
+_TASK_TYPENAME = json.dumps("Task")
+
+
+class _TaskText:
+    """A task's text from the last dump, in parts, each with what it was made of."""
+
+    __slots__ = ("key", "id", "parent", "parent_id", "head", "children", "children_text", "state", "changed",
+                 "triggered", "name", "fixed", "internal_pickle", "internal_text", "data_kind", "data_pickle",
+                 "data_text", "fixed_used", "internal_used", "data_used", "text", "settled", "settled_data",
+                 "settled_full", "settled_parent", "settled_internal")
+
+    def __init__(self) -> None:
+        self.key = self.id = self.parent = self.parent_id = self.head = self.children = None
+        self.children_text = self.state = self.changed = self.triggered = self.name = self.fixed = None
+        self.internal_pickle = self.internal_text = self.data_kind = self.data_pickle = self.data_text = None
+        self.fixed_used = self.internal_used = self.data_used = self.text = None
+        self.settled = False
+        self.settled_data = self.settled_full = self.settled_parent = self.settled_internal = None
+
+    def join(self, fixed: str, internal_text: str, data_text: str) -> str:
+        """The whole text from its parts (remembered with them)."""
+        self.fixed_used, self.internal_used, self.data_used = fixed, internal_text, data_text
+        text = self.text = f'{fixed},"internal_data":{internal_text},{data_text},"typename":{_TASK_TYPENAME}}}'
+        return text
 
 
 class _WorkflowTexts:
-    """One workflow's texts from earlier dumps: each task's, each task id's, each children list's,
-    each task's opening (id and parent)."""
+    """One workflow's texts from earlier dumps: each task's (by task object), each task id's, each
+    subprocess key's, a subprocess's closing fields, the workflow's opening fields when it has data."""
 
-    __slots__ = ("tasks", "ids", "children", "heads")
+    __slots__ = ("tasks", "ids", "keys", "tail", "head")
 
     def __init__(self) -> None:
-        self.tasks: dict = {}
+        self.tasks: dict[Task, _TaskText] = {}
         self.ids: dict = {}
-        self.children: dict = {}
-        self.heads: dict = {}
+        self.keys: dict = {}
+        self.tail: tuple | None = None
+        self.head: tuple | None = None
 
     def prune(self, all_tasks: dict) -> None:
-        for texts in (self.tasks, self.ids, self.children, self.heads):
-            if len(texts) > len(all_tasks):
-                for gone in set(texts) - set(all_tasks):
-                    del texts[gone]
+        live = set(all_tasks.values())
+        for task in [t for t in self.tasks if t not in live]:
+            del self.tasks[task]
+        if len(self.ids) > 2 * len(all_tasks):  # (ids of children are kept as well: seldom worth it)
+            for gone in set(self.ids) - set(all_tasks):
+                del self.ids[gone]
 
 
-def _quoted(ids: dict, task_id: UUID) -> str:
-    text = ids[task_id] = f'"{task_id}"'  # a UUID's text needs no JSON escaping
-    return text
+class _Pickles:
+    """Pickles of values made only of exact builtin types (dict, list, tuple, set, str, int, float,
+    bool, None, bytes...), to tell whether a value changed since its text was written.
+
+    A value's JSON text is a function of its structure: types, contents, order. For exact
+    builtins, the pickle writes all of that (a ``True`` is not a ``1``, a ``-0.0`` not a
+    ``0.0``, key order is kept), so equal pickles mean equal texts; one object met twice is
+    pickled as a reference, so the pickles of equal values can differ (the text is then
+    written anew: never wrong, only slower). Any other object (a subclass, a datetime, a
+    function) stops the pickler before its own code runs: ``of`` returns None and the text
+    is always written anew. Task data needs this check because SpiffWorkflow's data
+    inheritance copies shallowly: a script changing a nested value in place also changes
+    the data of the finished tasks that share it.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.pickler = _BuiltinsPickler(self.buffer, protocol=5)
+
+    def of(self, value: Any) -> bytes | None:
+        """The pickle of ``value``, or None when it holds anything but exact builtins."""
+        buffer = self.buffer
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            self.pickler.dump(value)
+        except Exception:  # not builtins only, or too deep: no reuse
+            return None
+        finally:
+            self.pickler.clear_memo()  # (it holds the objects pickled)
+        return buffer.getvalue()
+
+
+class _NotBuiltin(Exception):
+    pass
+
+
+class _BuiltinsPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:  # called for everything but the exact builtin types
+        raise _NotBuiltin
+
+
+_local = threading.local()
+
+
+def _pickles() -> _Pickles:
+    """This thread's pickler (a pickler and its buffer serve one dump at a time)."""
+    pickles = getattr(_local, "pickles", None)
+    if pickles is None:
+        pickles = _local.pickles = _Pickles()
+    return pickles
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _no_containers(data, parent_data) -> bool:
+    """Whether a finished task's data text is made of values no container holds: its data's (and, for
+    a delta, its parent's), or its parent's keys alone (a task without data of its own)."""
+    if type(data) is not dict:
+        return False
+    if parent_data is None:
+        return _ATOMS.issuperset(map(type, data.values()))
+    if type(parent_data) is not dict:
+        return False
+    return not data or (_ATOMS.issuperset(map(type, data.values()))
+                        and _ATOMS.issuperset(map(type, parent_data.values())))
 
 
 def _name_text(names: dict, name: str, enc) -> str:
@@ -265,17 +478,22 @@ def _name_text(names: dict, name: str, enc) -> str:
     return text
 
 
-def _children_text(children_texts: dict, ids: dict, tid: UUID, children: tuple) -> str:
+def _children_text(e: _TaskText, children: list, ids: dict, enc) -> str:
     """The JSON list of a task's children ids; a list that only grew (a loop) adds the new ones."""
-    known = children_texts.get(tid)
-    if known is not None and known[0] == children:
-        return known[1]
-    if known is not None and known[0] and len(children) > len(known[0]) and children[:len(known[0])] == known[0]:
-        added = ",".join(ids.get(c) or _quoted(ids, c) for c in children[len(known[0]):])
-        text = f"{known[1][:-1]},{added}]"
+    known, known_text = e.children, e.children_text
+    if (known and known_text is not None and type(children) is list and len(children) > len(known)
+            and children[:len(known)] == known):
+        added = ",".join(ids.get(c) or _id_text(ids, c, enc) for c in children[len(known):])
+        text = f"{known_text[:-1]},{added}]"
     else:
-        text = "[" + ",".join(ids.get(c) or _quoted(ids, c) for c in children) + "]"
-    children_texts[tid] = (children, text)
+        text = "[" + ",".join(ids.get(c) or _id_text(ids, c, enc) for c in children) + "]"
+    e.children = list(children)
+    return text
+
+
+def _id_text(ids: dict, task_id, enc) -> str:
+    """A task id's JSON text, kept in ``ids`` (a UUID's ``str`` is slow; its text needs no escaping)."""
+    text = ids[task_id] = f'"{task_id}"' if type(task_id) is UUID else enc(str(task_id))
     return text
 
 

@@ -11,18 +11,22 @@ and finds the same audit chain, rows and state.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import json
 import logging
 import shutil
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import SpiffWorkflow.task
 from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import CallActivity, SubWorkflowTask
 from SpiffWorkflow.bpmn.util.subworkflow import BpmnSubWorkflow
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 from SpiffWorkflow.util.task import TaskState
 from SpiffWorkflow.workflow import Workflow
 from sqlalchemy import select
@@ -30,13 +34,14 @@ from sqlalchemy import select
 import engine.runtime
 from engine import fastpath
 from engine.config import Settings
-from engine.fastpath import _TREE_GET_TASKS, accelerate
+from engine.fastpath import _TREE_GET_TASKS, accelerate, tree_copy
 from engine.models import HumanTask, Instance, OutboxMessage, Timer
 
 from migration_helpers import ANSWERS, at_intake, deploy, only_task, run_to_end
 from ticket_helpers import (
     CS,
     RISK_ON_TRACK,
+    TICKET_BPMN,
     TS,
     Flow,
     diagnosis,
@@ -311,3 +316,108 @@ def test_a_ticket_runs_the_same_with_and_without_the_scans(tmp_path, sqlite_temp
     assert len(fast["audit"]) > 50
     for part in fast:
         assert fast[part] == bare[part], part
+
+
+# -- subprocess data copies --------------------------------------------------------------------
+
+def _shape(value, seen=None) -> object:
+    """A value's structure as deepcopy keeps it: types, contents, which containers are one object."""
+    seen = {} if seen is None else seen
+    if isinstance(value, dict | list | tuple | set):
+        if id(value) in seen:
+            return ("same as", seen[id(value)])
+        seen[id(value)] = len(seen)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return (type(value), [(_shape(k, seen), _shape(v, seen)) for k, v in items])
+    return (type(value), repr(value))
+
+
+def _leaves(value) -> list:
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in (k, *_leaves(v))]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [value]
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Tagged(dict):
+    pass
+
+
+_SHARED = {"x": [1]}
+_LOOP: dict = {"name": "loop"}
+_LOOP["self"] = _LOOP
+TREES = [
+    {}, [], {"intake": {"customer": {"name": "杭州星河", "tier": "core"}, "tags": ["a", 1, 2.5, None, True]}},
+    {"n": -0.0, "nan": float("nan"), "big": 10**40, "nested": [[[{"k": "v"}]]]},
+    {1: "int key", 2.5: "float key", False: "bool key", None: "none key"},
+]
+NOT_TREES = [
+    {"a": _SHARED, "b": _SHARED},  # one dict under two keys: deepcopy copies it once
+    [_SHARED["x"], _SHARED["x"]], _LOOP, {"t": (1, [2])}, {"t": (1, 2)}, {(1, 2): "tuple key"},
+    {"when": datetime(2026, 11, 23, 9, tzinfo=UTC)}, {"amount": Decimal("1.50")}, Tagged(a=[1]), {"s": {1, 2}},
+    {"deep": _deep(2000)}, {"deep": _deep(200)},  # deeper than the direct copy goes: deepcopy decides
+]
+
+
+@pytest.mark.parametrize("value", TREES + NOT_TREES, ids=lambda v: type(v).__name__)
+def test_tree_copy_is_deepcopy(value):
+    try:
+        expected = copy.deepcopy(value)
+    except RecursionError:
+        with pytest.raises(RecursionError):
+            tree_copy(value)
+        return
+    copied = tree_copy(value)
+    assert _shape(copied) == _shape(expected)
+    if any(value is tree for tree in TREES):  # new containers around the same leaves, as deepcopy makes them
+        assert not {id(c) for c in _containers(copied)} & {id(c) for c in _containers(value)}
+        assert all(a is b is c for a, b, c in zip(_leaves(copied), _leaves(expected), _leaves(value), strict=True))
+
+
+def test_subprocess_tasks_copy_with_tree_copy_and_the_classes_stay_bare(settings):
+    gen = ticket_engine(settings)
+    cf, clock = next(gen)
+    try:
+        f = Flow(cf, clock).start()
+        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
+        wf = _live(cf, f.instance_id)
+        subtasks = [ts for spec in (wf.spec, *wf.subprocess_specs.values()) for ts in spec.task_specs.values()
+                    if isinstance(ts, SubWorkflowTask)]
+        assert len(subtasks) >= 3 and any(isinstance(ts, CallActivity) for ts in subtasks)
+        for ts in subtasks:
+            assert "update_data" in ts.__dict__
+            assert ("copy_data" in ts.__dict__) == (type(ts).copy_data is SubWorkflowTask.copy_data)
+        # a subprocess starts with a copy of its calling task's data: no container is the caller's
+        for key, sub in wf.subprocesses.items():
+            caller = wf.get_task_from_id(key)
+            start = sub.task_tree
+            if isinstance(caller.task_spec, CallActivity):
+                continue  # (a call activity hands its data over as it is, copy_data untouched)
+            assert start.data == caller.data and _shape(start.data) == _shape(copy.deepcopy(caller.data))
+            mine = {id(x) for x in _containers(start.data)}
+            assert not mine & {id(x) for x in _containers(caller.data)}
+    finally:
+        gen.close()
+    assert SubWorkflowTask.copy_data.__module__.startswith("SpiffWorkflow.")
+    assert SubWorkflowTask.update_data.__module__.startswith("SpiffWorkflow.")
+    assert CallActivity.update_data.__module__.startswith("SpiffWorkflow.")
+    parser = SpiffBpmnParser()
+    parser.add_bpmn_files([str(TICKET_BPMN)])
+    bare = parser.get_spec("after_sales_ticket")
+    assert not any("copy_data" in ts.__dict__ or "update_data" in ts.__dict__ for ts in bare.task_specs.values())
+
+
+def _containers(value) -> list:
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []

@@ -19,7 +19,8 @@ from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
 import engine.runtime
-from engine.serialization import dump_state, load_state, serializer, to_jsonable
+from engine.deploy import Bundle
+from engine.serialization import _pickles, _writer, dump_state, load_state, serializer, to_jsonable
 
 from migration_helpers import at_intake, deploy, run_to_end
 from ticket_helpers import (
@@ -37,6 +38,7 @@ from ticket_helpers import (
 )
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+FIX = Path(__file__).resolve().parent / "fixtures"
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
@@ -169,6 +171,85 @@ def test_states_of_old_dumps_still_load(cf):
         loaded = cf.specs.get(s, 1)
     restored = load_state(json.dumps(dct, cls=STOCK._encoder_cls), loaded.spec, loaded.subprocess_specs)
     assert _same(restored, wf)
+
+
+def _deploy_nested(cf) -> None:
+    cf.deploy(Bundle(bpmn={"state_nested_mutation.bpmn": (FIX / "state_nested_mutation.bpmn").read_bytes()},
+                     forms={"state-note.schema.json": (FIX / "forms" / "state-note.schema.json").read_bytes()}),
+              author="owner")
+
+
+def _restored(cf, wf):
+    with cf.Session() as s:
+        loaded = cf.specs.get(s, 1)
+    return load_state(dump_state(wf), loaded.spec, loaded.subprocess_specs)
+
+
+def test_nested_data_changed_in_place_a_step_later_is_written_and_restored(cf, checked_dumps):
+    """A script changing nested data in place changes the data of the finished tasks sharing it
+    (SpiffWorkflow copies a parent's data one level deep): their text follows, as the stock
+    conversion writes it, so nothing is lost when the state is restored. The changes keep the
+    values equal (1 -> True -> 1.0, a key moved to the end, -0.0) but not their text."""
+    _deploy_nested(cf)
+    r = cf.start("state_nested", {})
+    names = []
+    while r.ready_tasks:
+        [task] = r.ready_tasks
+        names.append(task["name"])
+        wf = cf._wf_cache[r.instance_id][1]
+        restored = _restored(cf, wf)
+        assert _same(restored, wf)
+        for k, sp in wf.subprocesses.items():
+            assert _same(restored.subprocesses[k], sp)
+        r = cf.complete(task["id"], {"note": "好"}, user="u")
+    assert names == ["ut_review", "ut_check", "ut_confirm", "ut_close"]
+    assert r.status == "completed" and len(checked_dumps) == 5
+    case = cf.show(r.instance_id)["data"]["case"]
+    assert case["customer"] == {"tags": ["new", "重要", -0.0], "score": 1.0, "tier": "vip"}
+    assert case["visits"] == [{"at": "10:30"}, {"at": "11:00"}]
+
+
+def _finished_with_delta(wf):
+    return [t for t in wf.tasks.values() if t.state & _FINISHED and t.parent is not None
+            and t.parent.state & _FINISHED and t.data != t.parent.data]
+
+
+def test_finished_task_texts_follow_changes_that_keep_values_equal(cf):
+    """In-place changes to the data of finished tasks (and a finished subprocess root, their
+    internal data, values of other types) give the stock conversion's text at the next dump."""
+    _deploy_nested(cf)
+    r = cf.start("state_nested", {})
+    r = cf.complete(r.ready_tasks[0]["id"], {"note": "好"}, user="u")  # now in the subprocess
+    wf = cf._wf_cache[r.instance_id][1]
+    [sub] = wf.subprocesses.values()
+    root = sub.task_tree
+    [build] = [t for t in _finished_with_delta(wf) if t.task_spec.name == "s_build"]
+    assert dump_state(wf) == reference_dump(wf)
+    customer, visits = build.data["case"]["customer"], build.data["case"]["visits"]
+    changes = [
+        lambda: customer.update(score=1),  # True -> 1: equal, written differently
+        lambda: customer.update(score=1.0),
+        lambda: customer.update(tags=customer.pop("tags")),  # a key moved to the end
+        lambda: visits.append(0.0),
+        lambda: visits.__setitem__(-1, -0.0),
+        lambda: visits.__setitem__(-1, float("nan")),
+        lambda: visits.__setitem__(-1, datetime(2026, 11, 23, 9, tzinfo=UTC)),  # no pickle: written anew
+        lambda: visits.__setitem__(-1, datetime(2026, 11, 23, 17, tzinfo=timezone(timedelta(hours=8)))),
+        lambda: visits.__setitem__(-1, Decimal("1.0")),
+        lambda: visits.__setitem__(-1, Decimal("1.00")),
+        lambda: visits.pop(),
+        lambda: root.data["case"]["customer"].update(tier="gold"),  # the subprocess's root: its full data
+        lambda: root.data.update(extra={"n": 1}),
+        lambda: root.data["extra"].update(n=True),
+        lambda: build.internal_data.update(note={"seen": 1}),  # internal data of a finished task
+        lambda: build.internal_data["note"].update(seen=True),
+        lambda: build.internal_data.clear(),
+        lambda: build.data.update(case=build.data.pop("case")),  # the task's own keys reordered
+    ]
+    for change in changes:
+        change()
+        assert dump_state(wf) == reference_dump(wf)
+        assert dump_state(wf) == reference_dump(wf)  # (and again, its text reused)
 
 
 def _same(a, b) -> bool:
@@ -305,3 +386,60 @@ def test_unfinished_task_text_is_reused_only_while_its_data_equals_its_parents(c
     assert third == reference_dump(wf) and '"deletions":["only_parent"]' in third
     del parent.data["only_parent"]
     assert dump_state(wf) == reference_dump(wf)
+
+
+def test_finished_tasks_without_containers_keep_their_text_while_their_dicts_stay(cf, checked_dumps):
+    """Loop iterations (finished, full data of strings and booleans) are not checked value by value:
+    their text follows a data or internal-data dict put in their place, or their parent finishing."""
+    cf.deploy([BENCH / "history.bpmn"])
+    r = cf.start("bench_history", {"done": False})
+    for i in range(4):
+        [t] = cf.tasks(instance_id=r.instance_id)
+        cf.complete(t["id"], {"done": False, "entry": f"e{i}"}, user="u")
+    wf = cf._wf_cache[r.instance_id][1]
+    done = [t for t in wf.tasks.values() if t.task_spec.name == "log [child]" and t.state & _FINISHED]
+    assert len(done) == 4 and all(t.internal_data for t in done)
+    first = dump_state(wf)
+    assert dump_state(wf) == first == reference_dump(wf)
+    done[0].data = {**done[0].data, "entry": "其他"}
+    assert dump_state(wf) == reference_dump(wf) != first
+    done[1].internal_data = {**done[1].internal_data, "iteration": 99}
+    assert dump_state(wf) == reference_dump(wf)
+    done[2].data = {**done[2].data, "nested": {"a": [1]}}  # a container now: checked from here on
+    assert dump_state(wf) == reference_dump(wf)
+    done[2].data["nested"]["a"].append(2)
+    assert dump_state(wf) == reference_dump(wf)
+    [t] = cf.tasks(instance_id=r.instance_id)
+    cf.complete(t["id"], {"done": True, "entry": "last"}, user="u")  # the loop ends: deltas now
+    assert cf.show(r.instance_id)["status"] == "completed"
+
+
+# -- the pickles the state writer reuses texts on ----------------------------------------------
+
+TRICKY = [1, True, 1.0, -0.0, 0.0, float("nan"), "1", "true", None, [1], (1,), [True], {"a": 1, "b": 2},
+          {"b": 2, "a": 1}, {1: "x"}, {"1": "x"}, {True: "x"}, {None: 1}, {"null": 1}, [[1], [1]], "中文", "\ud800",
+          Decimal("1"), date(2026, 1, 1), datetime(2026, 1, 1), Mode.PHONE, Tag("phone"), Level.HIGH, {3},
+          OrderedDict(a=1), b"x", 10**30, len]
+
+
+@pytest.mark.parametrize("value", TRICKY, ids=repr)
+def test_equal_pickles_mean_equal_texts(value):
+    """What the state writer reuses texts on: pickles of exact builtins only, equal only for values
+    whose JSON texts are equal."""
+    of = _pickles().of
+    mine = of(value)
+    builtins_only = type(value) in (int, bool, float, str, type(None), list, tuple, dict, set, bytes)
+    assert (mine is not None) == builtins_only
+    for other in TRICKY:
+        theirs = of(other)
+        if mine is not None and mine == theirs:
+            assert _text(value) == _text(other)
+        if _text(value) != _text(other):
+            assert mine is None or mine != theirs
+
+
+def _text(value) -> str:
+    try:
+        return _writer.encode(value)
+    except (TypeError, ValueError) as err:
+        return f"error: {err}"
