@@ -273,7 +273,10 @@ class Careflow:
             step = Step(session, self.now(), actor=user, cause="user", instance_id=inst.id,
                         process_id=inst.process_id, process_version_id=inst.process_version_id,
                         business_key=inst.business_key)
-            before = copy_data(task.data)
+            # the submitted keys are all that can change when no hook of the task touches its data:
+            # their old values are kept (update() replaces them, nothing mutates them), not a deep copy
+            submitted_only = _completion_changes_only_form_data(task.task_spec)
+            before = {k: task.data[k] for k in data if k in task.data} if submitted_only else copy_data(task.data)
             task.data.update(copy_data(data))
             step.current_task_id = task_id
             try:
@@ -287,7 +290,8 @@ class Careflow:
             meta = loaded.human_task_meta(task.task_spec)
             step.audit("task_completed", task_id=task_id, task_name=meta.name, task_title=meta.title,
                        lane=meta.lane, form_version=loaded.form_checksums.get(meta.form_name or ""),
-                       data_diff=data_diff(before, task.data))
+                       data_diff=data_diff(before, {k: task.data[k] for k in data if k in task.data}
+                                           if submitted_only else task.data))
             self._run_engine(step, wf, loaded)
             result = self._save(step, inst, wf, loaded, completed={task_id})
         self._after_commit(result)
@@ -576,7 +580,7 @@ class Careflow:
                           loaded: LoadedVersion, completed: set[str]) -> list[dict]:
         conn = step.session.connection()
         existing = {r.id: r for r in step_rows.ready_tasks(conn, inst.id)}
-        ready_tasks = [t for t in _iter_tasks(wf) if t.state == TaskState.READY and t.task_spec.manual]
+        ready_tasks = [t for t in _iter_tasks(wf) if t._state == _READY and t.task_spec.manual]  # (no property)
         ready_ids = {str(t.id) for t in ready_tasks}
         closed = []
         for tid, row in existing.items():
@@ -731,6 +735,7 @@ def running_instance():
 
 
 _PLAIN = frozenset((str, int, float, bool, type(None)))
+_READY = TaskState.READY
 
 
 def copy_data(value: Any) -> Any:
@@ -784,6 +789,13 @@ def _changes_data(task) -> bool:
     return (spec.__class__.__name__ in ("ScriptTask", "SubWorkflowTask", "CallActivity")
             or bool(getattr(spec, "prescript", None) or getattr(spec, "postscript", None))
             or isinstance(spec, CatchingEvent))
+
+
+def _completion_changes_only_form_data(spec) -> bool:
+    """Whether completing a task of ``spec`` leaves its data as the form left it: no post-script,
+    no data associations or I/O specification (which move keys in and out at completion)."""
+    return (getattr(spec, "postscript", None) is None and not getattr(spec, "data_output_associations", None)
+            and not getattr(spec, "data_input_associations", None) and getattr(spec, "io_specification", None) is None)
 
 
 def _merged_data_of(task) -> dict:

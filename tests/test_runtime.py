@@ -297,3 +297,21 @@ def test_loop_finishes_after_a_restart(settings):
     second.complete(only_task(second, r.instance_id)["id"], {"done": True, "entry": "last"}, user="u")
     assert second.show(r.instance_id)["status"] == "completed"
     second.close()
+
+
+@pytest.mark.parametrize("post_script", [None, "seen = note.upper()\ndel old"])
+def test_task_completed_diff_covers_what_completion_changed(cf, tmp_path, post_script):
+    """The form's keys only, or (a post-script ran) whatever the completion changed."""
+    xml = process_xml()
+    if post_script:
+        xml = xml.replace("</spiffworkflow:properties>", "</spiffworkflow:properties>"
+                          f"<spiffworkflow:postScript>{post_script}</spiffworkflow:postScript>")
+    cf.deploy([write_bundle(tmp_path, xml)])
+    r = cf.start("p_test", {"old": {"kept": [1, 2]}, "note": "before"})
+    cf.complete(only_task(cf, r.instance_id)["id"], {"note": "after", "extra": {"n": 1}}, user="alice")
+    [row] = [a for a in cf.audit(r.instance_id) if a["action"] == "task_completed"]
+    expected = {"added": {"extra": {"n": 1}}, "changed": {"note": ["before", "after"]}}
+    if post_script:
+        expected["added"]["seen"] = "AFTER"
+        expected["removed"] = ["old"]
+    assert row["data_diff"] == expected
