@@ -29,7 +29,9 @@ running them, SpiffWorkflow inherits into, resets and merges into unfinished tas
 the engine writes only the start's data and the data a user submits to a ready task. So a
 finished task whose text is made of values no container holds (strings, numbers,
 booleans, None) keeps its text for as long as its dicts are the same objects: a long
-history of such tasks costs no checking.
+history of such tasks costs no checking (those checks come first, before anything else of
+the task is looked at). A finished task that runs again is a running task's text until it
+finishes anew, however its dicts stayed.
 """
 
 from __future__ import annotations
@@ -233,9 +235,26 @@ class _StateWriter:
             e = entries.get(task)
             if e is None:
                 e = entries[task] = _TaskText()
-            state, changed, triggered = task._state, task.last_state_change, task.triggered
-            name, children, tid, parent_id = task.task_spec.name, task._children, task.id, task._parent
+            state, parent_id = task._state, task._parent
             parent = all_tasks.get(parent_id) if parent_id is not None else None
+            # a finished task whose text was reused or settled at the last dump and still is: the checks of
+            # the way below that end in its last text (see there), in a cheaper order
+            if (state & _FINISHED and e.settled and state is e.state and task.data is e.settled_data
+                    and key is e.key and task.id is e.id and parent_id is e.parent_id and parent is e.parent
+                    and task.last_state_change is e.changed and task.triggered is e.triggered
+                    and task.task_spec.name is e.name and task._children == e.children):
+                internal = task.internal_data
+                if type(internal) is dict and not internal:
+                    internal_text = _EMPTY_OBJECT
+                else:
+                    internal_text = e.internal_text if internal is e.settled_internal else None
+                if internal_text is e.internal_used:
+                    full = parent is None or not parent._state & _FINISHED
+                    if full is e.settled_full and (None if full else parent.data) is e.settled_parent:
+                        parts.append(e.text)
+                        continue
+            changed, triggered = task.last_state_change, task.triggered
+            name, children, tid = task.task_spec.name, task._children, task.id
             # id, parent, children, last_state_change, state, task_spec, triggered
             if (state is e.state and changed is e.changed and triggered is e.triggered and name is e.name
                     and parent is e.parent and tid is e.id and key is e.key and parent_id is e.parent_id
@@ -247,7 +266,7 @@ class _StateWriter:
             internal = task.internal_data
             finished = state & _FINISHED
             if type(internal) is dict and not internal:
-                internal_text = "{}"
+                internal_text = _EMPTY_OBJECT
             elif finished and internal is e.settled_internal:  # no container in it: see the module's docstring
                 internal_text = e.internal_text
             else:
@@ -292,22 +311,27 @@ class _StateWriter:
                             e.data_kind, e.data_pickle, e.data_text = _KEYS, keys, data_text
                         else:
                             e.data_kind = None
-                else:
-                    data_text = None
-                    for k, v in data.items():  # no delta, mostly: a check that builds nothing
+                else:  # DeepMerge.get_updated_keys, get_deleted_keys, each value compared once
+                    updates = None
+                    items = iter(data.items())
+                    for k, v in items:  # no delta, mostly: a check that builds nothing
                         if k not in parent_data or v != parent_data[k]:
+                            updates = {k: v}
+                            for k, v in items:  # (the rest of them)
+                                if k not in parent_data or v != parent_data[k]:
+                                    updates[k] = v
                             break
+                    if updates is None and len(data) == len(parent_data):  # (and its keys are all the parent's)
+                        data_text = _NO_DELTA
                     else:
-                        if len(data) == len(parent_data):  # (and its keys are all the parent's)
-                            data_text = _NO_DELTA
-                    if data_text is None:  # DeepMerge.get_updated_keys, get_deleted_keys
-                        data_text = self.delta(
-                            e, {k: v for k, v in data.items() if k not in parent_data or v != parent_data[k]},
-                            [k for k in parent_data if k not in data], pickled if finished else None)
-            if finished and (e.settled_data is not data or e.settled_full is not full
-                             or e.settled_parent is not parent_data):
-                e.settled_data, e.settled_full, e.settled_parent = data, full, parent_data
-                e.settled = _no_containers(data, parent_data)
+                        data_text = self.delta(e, updates or {}, [k for k in parent_data if k not in data],
+                                               pickled if finished else None)
+            if finished:
+                if e.settled_data is not data or e.settled_full is not full or e.settled_parent is not parent_data:
+                    e.settled_data, e.settled_full, e.settled_parent = data, full, parent_data
+                    e.settled = _no_containers(data, parent_data)
+            elif e.settled_data is not None:  # its text is a running task's now: settled anew when it finishes
+                e.settled, e.settled_data, e.settled_full, e.settled_parent = False, None, None, None
             if fixed is e.fixed_used and internal_text is e.internal_used and data_text is e.data_used:
                 parts.append(e.text)
             else:
@@ -353,6 +377,7 @@ class _StateWriter:
         return text
 
 
+_EMPTY_OBJECT = "{}"
 _EMPTY_DATA = '"data":{},"delta":{}'
 _NO_DELTA = '"data":{},"delta":{"updates":{},"deletions":[]}'
 _FULL, _DELTA, _KEYS = "full", "delta", "keys"  # what a task's data text was made of
