@@ -11,6 +11,7 @@ and finds the same audit chain, rows and state.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import itertools
 import json
@@ -143,13 +144,21 @@ def _live(cf, instance_id: int) -> BpmnWorkflow:
     return cf._wf_cache[instance_id][1]
 
 
-def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(settings):
+@contextlib.contextmanager
+def _after_intake(settings):
+    """(engine, flow, live workflow) of an after-sales instance whose intake was just completed."""
     gen = ticket_engine(settings)
     cf, clock = next(gen)
     try:
         f = Flow(cf, clock).start()
         f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
-        wf = _live(cf, f.instance_id)
+        yield cf, f, _live(cf, f.instance_id)
+    finally:
+        gen.close()
+
+
+def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(settings):
+    with _after_intake(settings) as (cf, f, wf):
         assert wf.subprocesses, "the round runs in a subprocess created during the step"
         for w in [wf, *wf.subprocesses.values()]:
             assert all(name in w.__dict__ for name in FAST_METHODS)
@@ -165,8 +174,6 @@ def test_subprocesses_created_or_restored_get_the_scans_and_no_class_changes(set
             assert [t.id for t in restored.get_tasks(state=state)] == \
                 [t.id for t in _TREE_GET_TASKS(restored, None, state=state)], TaskState.get_name(state)
         assert [t.task_spec.bpmn_id for t in restored.get_tasks(state=TaskState.READY)] == ["ut_remote"]
-    finally:
-        gen.close()
     # SpiffWorkflow's classes are untouched: the bare baseline in the same process stays bare
     assert BpmnWorkflow.get_tasks is Workflow.get_tasks
     assert BpmnWorkflow.update_waiting_tasks is Workflow.update_waiting_tasks
@@ -383,12 +390,7 @@ def test_tree_copy_is_deepcopy(value):
 
 
 def test_subprocess_tasks_copy_with_tree_copy_and_the_classes_stay_bare(settings):
-    gen = ticket_engine(settings)
-    cf, clock = next(gen)
-    try:
-        f = Flow(cf, clock).start()
-        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
-        wf = _live(cf, f.instance_id)
+    with _after_intake(settings) as (_cf, _f, wf):
         subtasks = [ts for spec in (wf.spec, *wf.subprocess_specs.values()) for ts in spec.task_specs.values()
                     if isinstance(ts, SubWorkflowTask)]
         assert len(subtasks) >= 3 and any(isinstance(ts, CallActivity) for ts in subtasks)
@@ -404,8 +406,6 @@ def test_subprocess_tasks_copy_with_tree_copy_and_the_classes_stay_bare(settings
             assert start.data == caller.data and _shape(start.data) == _shape(copy.deepcopy(caller.data))
             mine = {id(x) for x in _containers(start.data)}
             assert not mine & {id(x) for x in _containers(caller.data)}
-    finally:
-        gen.close()
     assert SubWorkflowTask.copy_data.__module__.startswith("SpiffWorkflow.")
     assert SubWorkflowTask.update_data.__module__.startswith("SpiffWorkflow.")
     assert CallActivity.update_data.__module__.startswith("SpiffWorkflow.")
