@@ -49,7 +49,7 @@ _select_instance = select(*_INSTANCE_COLUMNS).where(_instances.c.id == bindparam
 _SELECT_INSTANCE = Prepared(_select_instance)
 _SELECT_INSTANCE_FOR_UPDATE = Prepared(_select_instance.with_for_update())
 _SELECT_STATE = Prepared(select(_instances.c.state).where(_instances.c.id == bindparam("instance_id")))
-_INSERT_INSTANCE = insert(_instances)
+_INSERT_INSTANCE = Prepared(insert(_instances).returning(_instances.c.id))
 # the SET list is the keys given (one compiled plan per key set)
 _UPDATE_INSTANCE = Prepared(
     update(_instances).where(_instances.c.id == bindparam("b_id"), _instances.c.revision == bindparam("b_revision")))
@@ -77,7 +77,8 @@ def instance_state(conn: Connection, instance_id: int) -> str:
 
 def insert_instance(conn: Connection, values: dict[str, Any]) -> int:
     """Insert an instance row; returns its id."""
-    return conn.execute(_INSERT_INSTANCE, values).inserted_primary_key[0]
+    (row,) = _INSERT_INSTANCE.all(conn, values)
+    return row.id
 
 
 def update_instance(conn: Connection, instance_id: int, expected_revision: int, values: dict[str, Any]) -> bool:
