@@ -28,16 +28,14 @@ writing, so what it promises is what the real run does.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING
 
-import jinja2.sandbox
 from SpiffWorkflow.bpmn import BpmnWorkflow
-from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import BoundaryEvent
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
@@ -45,7 +43,7 @@ from SpiffWorkflow.bpmn.util.diff import SpecDiff, WorkflowDiff, migrate_workflo
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import func, select
 
-from engine import step as step_mod
+from engine import ready_task
 from engine.audit import append_events
 from engine.errors import CareflowError, NotFound
 from engine.models import HumanTask, Instance
@@ -59,7 +57,6 @@ if TYPE_CHECKING:
     from engine.runtime import Careflow
 
 log = logging.getLogger("careflow.migration")
-_jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
 
 OPEN = TaskState.READY | TaskState.WAITING | TaskState.STARTED
 PREDICTED = TaskState.FUTURE | TaskState.LIKELY | TaskState.MAYBE
@@ -678,9 +675,9 @@ def _resync_human_tasks(cf, step: Step, inst: Instance, moved: _Moved, pair: _Pa
             row.form_name = meta.form_name
             row.form_checksum = pair.new.form_checksums.get(meta.form_name or "")
         if old is None or (old.due_in, old.due_at_expr) != (meta.due_in, meta.due_at_expr):
-            row.due_at = _due_at(cf, task, meta, row.created_at)
+            row.due_at = ready_task.due_at(meta, row.created_at, functools.partial(_evaluate, cf, task))
         if old is None or old.instructions != meta.instructions:
-            row.instructions = _instructions(meta, task)
+            row.instructions = ready_task.instructions(meta, task)
         after = _row_view(row)
         if after != before:
             changed.append({"task_id": row.id, "element_id": meta.name, "before": before, "after": after})
@@ -694,31 +691,9 @@ def _row_view(row: HumanTask) -> dict:
 
 
 def _assign(cf, step: Step, inst: Instance, task, meta: HumanTaskMeta) -> tuple[str | None, str | None]:
-    info = {"process_id": inst.process_id, "instance_id": inst.id, "name": meta.name, "title": meta.title,
-            "lane": meta.lane, "properties": meta.properties}
-    token = step_mod.activate(step)
-    try:
-        assignment = cf.pm.hook.careflow_assign_task(task=info, data=task.data) or {}
-    finally:
-        step_mod.deactivate(token)
-    assignee = assignment.get("assignee")
-    if meta.assignee_expr:
-        assignee = _evaluate(cf, task, meta.assignee_expr) or assignee
-    return assignment.get("group", meta.lane), assignee
-
-
-def _due_at(cf, task, meta: HumanTaskMeta, created_at: datetime) -> datetime | None:
-    due = created_at + meta.due_in if meta.due_in else None
-    if meta.due_at_expr:
-        value = _evaluate(cf, task, meta.due_at_expr)
-        if isinstance(value, datetime):
-            due = value
-        elif value:
-            try:
-                due = TimerEventDefinition.get_datetime(str(value))
-            except ValueError:
-                log.warning("dueAt of %s gave %r, not a datetime", meta.name, value)
-    return due
+    answer, assignee = ready_task.assignment(cf.pm, step, inst.process_id, inst.id, task, meta,
+                                             functools.partial(_evaluate, cf, task))
+    return answer.get("group", meta.lane), assignee
 
 
 def _evaluate(cf, task, expr: str):
@@ -729,10 +704,3 @@ def _evaluate(cf, task, expr: str):
         return None
 
 
-def _instructions(meta: HumanTaskMeta, task) -> str | None:
-    if not meta.instructions:
-        return None
-    try:
-        return _jinja.from_string(meta.instructions).render(**dict(task.data))
-    except jinja2.TemplateError as err:
-        return f"{meta.instructions}\n\n(template error: {err})"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import threading
 import traceback
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import jinja2.sandbox
 import pluggy
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
@@ -35,8 +33,8 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from engine import ready_task, step_rows
 from engine import step as step_mod
-from engine import step_rows
 from engine.audit import append_events, data_diff, entry_to_dict
 from engine.clock import Clock, current_clock, use_clock
 from engine.config import Settings
@@ -54,13 +52,6 @@ from engine.step import Step
 
 log = logging.getLogger("careflow.engine")
 _ANY = object()  # "no expectation" marker for optional checks
-_jinja = jinja2.sandbox.SandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
-
-
-@functools.lru_cache(maxsize=1024)
-def _instructions_template(source: str) -> jinja2.Template:
-    """Compiled (sandboxed) Jinja template of a task's instructions; compiling is the costly part."""
-    return _jinja.from_string(source)
 
 
 @dataclass
@@ -610,39 +601,21 @@ class Careflow:
                         loaded: LoadedVersion) -> dict[str, Any]:
         """The ``human_tasks`` row (every column) of a task that just became ready."""
         meta = loaded.human_task_meta(task.task_spec)
-        info = {"process_id": inst.process_id, "instance_id": inst.id, "name": meta.name, "title": meta.title,
-                "lane": meta.lane, "properties": meta.properties}
-        token = step_mod.activate(step)  # a failing assignment plugin becomes an incident of this step
-        try:
-            assignment = self.pm.hook.careflow_assign_task(task=info, data=task.data) or {}
-        finally:
-            step_mod.deactivate(token)
-        assignee = assignment.get("assignee")
-        if meta.assignee_expr:
-            assignee = self._evaluate_quietly(step, task, meta.assignee_expr) or assignee
-        due_at = step.now + meta.due_in if meta.due_in else None
-        if meta.due_at_expr:
-            value = self._evaluate_quietly(step, task, meta.due_at_expr)
-            if value:
-                try:
-                    due_at = TimerEventDefinition.get_datetime(str(value)) if not isinstance(value, datetime) \
-                        else value
-                except ValueError:
-                    log.warning("dueAt of %s gave %r, not a datetime", meta.name, value)
-        instructions = None
-        if meta.instructions:
-            try:
-                instructions = _instructions_template(meta.instructions).render(**_merged_data_of(task))
-            except jinja2.TemplateError as err:
-                instructions = f"{meta.instructions}\n\n(template error: {err})"
+
+        def evaluate(expr: str):
+            return self._evaluate_quietly(step, task, expr)
+
+        answer, assignee = ready_task.assignment(self.pm, step, inst.process_id, inst.id, task, meta, evaluate)
+        due_at = ready_task.due_at(meta, step.now, evaluate)
+        instructions = ready_task.instructions(meta, task)
         step.audit("task_ready", actor="system", cause="system" if step.cause != "timer" else "timer",
                    task_id=str(task.id), task_name=meta.name, task_title=meta.title, lane=meta.lane,
-                   details={"group": assignment.get("group"), "assignee": assignee,
+                   details={"group": answer.get("group"), "assignee": assignee,
                             "due_at": _iso(due_at)})
         return dict(
             id=str(task.id), instance_id=inst.id, process_id=inst.process_id,
             process_version_id=inst.process_version_id, name=meta.name, title=meta.title, lane=meta.lane,
-            group_name=assignment.get("group", meta.lane), assignee=assignee, form_name=meta.form_name,
+            group_name=answer.get("group", meta.lane), assignee=assignee, form_name=meta.form_name,
             form_checksum=loaded.form_checksums.get(meta.form_name or ""), instructions=instructions,
             status="ready", created_at=step.now, due_at=due_at, completed_at=None, completed_by=None,
             **{"priority": None, "customer_id": None, "customer_name": None, **task_facets(task.data)},
@@ -796,10 +769,6 @@ def _completion_changes_only_form_data(spec) -> bool:
     no data associations or I/O specification (which move keys in and out at completion)."""
     return (getattr(spec, "postscript", None) is None and not getattr(spec, "data_output_associations", None)
             and not getattr(spec, "data_input_associations", None) and getattr(spec, "io_specification", None) is None)
-
-
-def _merged_data_of(task) -> dict:
-    return dict(task.data)
 
 
 def _merged_data(wf: BpmnWorkflow) -> dict:
