@@ -247,37 +247,23 @@ def test_state_change_records_are_the_same_when_spiff_task_logs(tmp_path, sqlite
 
 def test_workflow_log_records_keep_their_task_list_when_logged(settings, caplog):
     caplog.set_level(logging.INFO)  # root at INFO, spiff.workflow's own level unset: SpiffWorkflow adds the tasks
-    gen = ticket_engine(settings)
-    cf, clock = next(gen)
-    try:
-        f = Flow(cf, clock).start()
-        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
-        wf = _live(cf, f.instance_id)
+    with _after_intake(settings) as (_cf, _f, wf):
         assert wf.subprocesses
         for sub in wf.subprocesses.values():  # created by the accelerated workflow
             started = [r for r in caplog.records if r.name == "spiff.workflow" and r.msg == "Initialized workflow"
                        and getattr(r, "parent_task_id", None) == sub.parent_task_id]
             assert len(started) == 1 and started[0].tasks
             assert set(started[0].tasks) <= set(sub.tasks)
-    finally:
-        gen.close()
 
 
 def test_accelerate_is_idempotent_and_keeps_answers(settings):
-    gen = ticket_engine(settings)
-    cf, clock = next(gen)
-    try:
-        f = Flow(cf, clock).start()
-        f.do("ut_intake", CS, intake(clock.now()), "zhang.wei", after=5 * MIN)
-        wf = _live(cf, f.instance_id)
+    with _after_intake(settings) as (_cf, _f, wf):
         before = [t.id for t in wf.get_tasks(state=TaskState.READY)]
         assert accelerate(accelerate(wf)) is wf
         assert [t.id for t in wf.get_tasks(state=TaskState.READY)] == before
         assert [t.id for t in wf.get_tasks(state=TaskState.READY, manual=True)] == \
             [t.id for t in _TREE_GET_TASKS(wf, None, state=TaskState.READY, manual=True)]
         assert wf.is_completed() is False
-    finally:
-        gen.close()
 
 
 # -- the same ticket with and without the scans ------------------------------------------------
