@@ -112,10 +112,11 @@ class AuditFilter:
         return out
 
     def searchable(self) -> bool:
-        """Is ``audit_search`` the way to the rows? Yes when a user, process, version or action is
-        given, unless an instance, ticket or customer (a few instances' rows) narrows it more."""
-        return (bool(self.user or self.process or self.version is not None or self.action)
-                and self.instance_id is None and not self.ticket and not self.customer)
+        """Is ``audit_search`` the way to the rows? Yes unless an instance, ticket or customer
+        (a few instances' rows, by ``ix_audit_instance_seq``) narrows them: its indexes serve a
+        user, process, version or action, and its ``(at, seq)`` index the time order for no
+        filter, dates or cause alone (``audit_log`` has no index on time)."""
+        return self.instance_id is None and not self.ticket and not self.customer
 
     def where(self, session: Session | None = None, *, on: type = AuditEntry) -> list:
         """SQL conditions for this filter (with a ``session``, the version is resolved to its id

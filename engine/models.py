@@ -155,8 +155,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_instance_seq", "instance_id", "seq"),
-        Index("ix_audit_at", "at"),
-        # the auditor-search indexes are on ``audit_search`` (engine.audit_search), not here
+        # the auditor-search indexes, the time order included, are on ``audit_search``
+        # (engine.audit_search), not here
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
@@ -192,6 +192,7 @@ class AuditSearchEntry(Base):
         Index("ix_audit_search_process_at", "process_id", "at", "seq"),
         Index("ix_audit_search_action_at", "action", "at", "seq"),
         Index("ix_audit_search_version_at", "process_version_id", "at", "seq"),
+        Index("ix_audit_search_at", "at", "seq"),  # no filter, dates or cause alone (migration 0010)
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
