@@ -41,9 +41,9 @@ from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
 from SpiffWorkflow.bpmn.util.diff import SpecDiff, WorkflowDiff, migrate_workflow
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
-from engine import ready_task
+from engine import ready_task, step_rows
 from engine.audit import append_events
 from engine.errors import CareflowError, NotFound
 from engine.models import HumanTask, Instance
@@ -210,12 +210,12 @@ def plan_migration(cf: Careflow, process_id: str, from_version: int, to_version:
     for batch in _id_batches(cf, pair, instance_ids, 200):
         with cf.Session() as session:
             found = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(batch)))}
-        for iid in batch:
-            inst = found.get(iid)
-            if inst is None:
-                plans.append(_plan(pair, iid, None, None, movable=False, reasons=[f"no instance {iid}"]))
-            else:
-                plans.append(_assess_instance(cf, pair, inst).plan)
+            for iid in batch:
+                inst = found.get(iid)
+                if inst is None:
+                    plans.append(_plan(pair, iid, None, None, movable=False, reasons=[f"no instance {iid}"]))
+                else:
+                    plans.append(_assess_instance(cf, pair, inst, session.connection()).plan)
     return plans
 
 
@@ -301,7 +301,7 @@ def _plan(pair: _Pair, iid: int, business_key, status, *, movable: bool, reasons
                         tasks or [], lost or [])
 
 
-def _assess_instance(cf, pair: _Pair, inst: Instance) -> _Moved:
+def _assess_instance(cf, pair: _Pair, inst: Instance, conn: Connection) -> _Moved:
     """Check and move one instance in memory (nothing is written)."""
     def refuse(reason: str) -> _Moved:
         return _Moved(_plan(pair, inst.id, inst.business_key, inst.status, movable=False, reasons=[reason]))
@@ -315,7 +315,8 @@ def _assess_instance(cf, pair: _Pair, inst: Instance) -> _Moved:
     if inst.status != "running":
         return refuse(f"instance {inst.id} is {inst.status}; only running instances move")
     try:
-        wf = load_state(inst.state, pair.old.spec, pair.old.subprocess_specs)
+        wf = load_state(inst.state, pair.old.spec, pair.old.subprocess_specs,
+                        parts=lambda numbers: step_rows.state_parts(conn, inst.id, numbers))
     except Exception as err:
         return refuse(f"its saved state could not be restored: {type(err).__name__}: {err}")
     wf.script_engine = cf.script_engine
@@ -595,7 +596,7 @@ def _migrate_one(cf, pair: _Pair, instance_id: int, by: str, run_id: str) -> Ins
     try:
         with cf.Session() as session, session.begin():
             inst = cf._lock_instance(session, instance_id)  # the engine's row lock, as in every step
-            moved = _assess_instance(cf, pair, inst)
+            moved = _assess_instance(cf, pair, inst, session.connection())
             plan = moved.plan
             if not plan.movable or moved.workflow is None:
                 raise _Blocked(plan)

@@ -115,6 +115,17 @@ class Instance(Base):
     next_timer_due: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
+class InstanceStatePart(Base):
+    """Finished tasks of an instance's state, written once rather than with every step
+    (``engine.serialization.dump_state_parts``; the state holds a stub per task)."""
+
+    __tablename__ = "instance_state_parts"
+
+    instance_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instances.id"), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)  # the revision whose step wrote it
+    tasks: Mapped[str] = mapped_column(Text)  # {workflow key: {task id: task}}, as in the state
+
+
 class HumanTask(Base):
     """A user task mirrored out of the workflow state (ready ones form the inboxes)."""
 

@@ -30,7 +30,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import exists, func, select
+from sqlalchemy import Connection, exists, func, select
 from sqlalchemy.orm import Session
 
 from engine import ready_task, step_rows
@@ -46,7 +46,7 @@ from engine.forms import validate_form
 from engine.inbox import task_facets
 from engine.models import AuditEntry, HumanTask, Incident, Instance, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
-from engine.serialization import SERIALIZER_VERSION, dump_state, load_state, to_jsonable
+from engine.serialization import SERIALIZER_VERSION, dump_state_parts, expand_state, load_state, to_jsonable
 from engine.specs import LoadedVersion, SpecCache
 from engine.step import Step
 
@@ -254,7 +254,7 @@ class Careflow:
             loaded = self.specs.get(session, inst.process_version_id)
             if row.form_name:
                 self.validate_form(loaded.forms.get(row.form_name) or {}, data)
-            wf = self._load(inst, loaded, conn=conn)
+            wf = self._load(inst, loaded, conn)
             try:
                 task = wf.get_task_from_id(UUID(task_id))
             except Exception:
@@ -370,7 +370,7 @@ class Careflow:
         if not due_rows:
             return None, False
         loaded = self.specs.get(session, inst.process_version_id)
-        wf = self._load(inst, loaded, conn=session.connection())
+        wf = self._load(inst, loaded, session.connection())
         step = Step(session, now, actor="timer", cause="timer", instance_id=inst.id,
                     process_id=inst.process_id, process_version_id=inst.process_version_id,
                     business_key=inst.business_key)
@@ -400,7 +400,7 @@ class Careflow:
             if inst is None:
                 raise NotFound(f"no instance {instance_id}")
             loaded = self.specs.get(session, inst.process_version_id)
-            wf = self._load(inst, loaded, cache=False)
+            wf = self._load(inst, loaded, session.connection(), cache=False)
             data = wf.data if wf.is_completed() else _merged_data(wf)
             return {
                 "id": inst.id, "process_id": inst.process_id, "version": loaded.version,
@@ -409,6 +409,16 @@ class Careflow:
                 "created_at": _iso(inst.created_at), "updated_at": _iso(inst.updated_at),
                 "completed_at": _iso(inst.completed_at), "error": inst.error, "data": to_jsonable(data),
             }
+
+    def stored_state(self, instance_id: int) -> dict:
+        """An instance's stored workflow state with every task in full (its archived tasks put
+        back from their parts): SpiffWorkflow's dict form of the workflow, without the specs."""
+        with self.ReadSession() as session:
+            conn = session.connection()
+            state = step_rows.instance_state(conn, instance_id)
+            if state is None:
+                raise NotFound(f"no instance {instance_id}")
+            return expand_state(state, lambda numbers: step_rows.state_parts(conn, instance_id, numbers))
 
     def audit(self, instance_id: int | None = None, *, limit: int | None = None) -> list[dict]:
         """Audit rows in sequence order (of one instance, or all)."""
@@ -437,17 +447,19 @@ class Careflow:
             raise NotFound(f"no instance {instance_id}")
         return inst
 
-    def _load(self, inst: Instance | step_rows.InstanceRow, loaded: LoadedVersion, cache: bool = True,
-              conn=None) -> BpmnWorkflow:
+    def _load(self, inst: Instance | step_rows.InstanceRow, loaded: LoadedVersion, conn: Connection,
+              cache: bool = True) -> BpmnWorkflow:
         """The instance's workflow: the cached one if it is still at ``inst.revision``, else restored
-        from its state (read through ``conn`` when ``inst`` came without it)."""
+        from its state and the parts it refers to (read through ``conn``; the state too when
+        ``inst`` came without it)."""
         if cache:
             with self._wf_cache_lock:
                 hit = self._wf_cache.pop(inst.id, None)
             if hit and hit[0] == inst.revision:
                 return hit[1]
         state = inst.state if inst.state is not None else step_rows.instance_state(conn, inst.id)
-        wf = accelerate(load_state(state, loaded.spec, loaded.subprocess_specs))
+        wf = accelerate(load_state(state, loaded.spec, loaded.subprocess_specs,
+                                   parts=lambda numbers: step_rows.state_parts(conn, inst.id, numbers)))
         wf.script_engine = self.script_engine
         return wf
 
@@ -548,8 +560,9 @@ class Careflow:
         next_due = self._sync_timers(step, inst, wf)
         if status == "completed":
             step.audit("instance_completed", details={"data_keys": sorted(wf.data.keys())})
-        state = dump_state(wf)
-        values = dict(state=state, updated_at=now, revision=(inst.revision or 0) + 1,
+        revision = (inst.revision or 0) + 1
+        state, part = dump_state_parts(wf, revision)
+        values = dict(state=state, updated_at=now, revision=revision,
                       serializer_version=SERIALIZER_VERSION, completed_at=now if status == "completed" else None)
         # indexed columns only when they change: SQLite rewrites an index entry (a page written and
         # fsynced at commit) for every indexed column in the SET list, changed or not
@@ -559,6 +572,8 @@ class Careflow:
                 values[column] = value
         if not step_rows.update_instance(conn, inst.id, inst.revision or 0, values):
             raise Conflict(f"instance {inst.id} was changed by someone else meanwhile; reload and retry")
+        if part is not None:
+            step_rows.insert_state_part(conn, inst.id, revision, part)
         step_rows.insert_outbox(conn, [
             dict(idempotency_key=m.key, instance_id=inst.id, topic=m.topic, channel=m.channel, recipient=m.recipient,
                  payload=m.payload, status="pending", attempts=0, next_attempt_at=now, last_error=None,

@@ -40,6 +40,7 @@ import io
 import json
 import pickle
 import threading
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -150,15 +151,19 @@ class _StateWriter:
         if self.encode(self.registry.typenames[Task]) != _TASK_TYPENAME:
             raise RuntimeError("SpiffWorkflow names its Task type differently: review _TASK_TYPENAME")
 
-    def state(self, wf: BpmnWorkflow) -> str:
+    def state(self, wf: BpmnWorkflow, part_no: int | None = None, part_min: int = 0) -> tuple[str, str | None]:
+        """The state's JSON text; with ``part_no``, the text to store (archived tasks as stubs) and
+        the part of newly archived tasks (None when they come to less than ``part_min`` characters)."""
         enc, reg = self.encode, self.registry
         texts = self.texts(wf)
-        out: list[str] = []  # the text's pieces, joined once
-        self.workflow(wf, out)
+        out: list = []  # the text's pieces (a workflow's tasks: a list of them), joined once
+        archiving = _Archiving(part_no) if part_no is not None else None
+        self.workflow(wf, out, archiving, '""')
         out.append(',"subprocesses":{')
         for i, (k, sp) in enumerate(wf.subprocesses.items()):
-            out.append(f"{',' if i else ''}{self.subprocess_key(texts, k)}:")
-            self.workflow(sp, out)
+            key_text = self.subprocess_key(texts, k)
+            out.append(f"{',' if i else ''}{key_text}:")
+            self.workflow(sp, out, archiving, key_text)
             out.append(self.subprocess_tail(sp))
         events = wf.bpmn_events
         if type(events) is list and not events and type(wf) is BpmnWorkflow:
@@ -167,7 +172,8 @@ class _StateWriter:
             rest = enc({"bpmn_events": reg.convert(events), "typename": reg.typenames[type(wf)],
                         serializer.VERSION_KEY: SERIALIZER_VERSION})
         out.append(f"}},{rest[1:]}")
-        return "".join(out)
+        part = archiving.archive(part_min) if archiving is not None else None
+        return "".join(x if type(x) is str else ",".join(x) for x in out), part
 
     def texts(self, wf) -> _WorkflowTexts:
         texts = wf.__dict__.get(self.CACHE_ATTR)
@@ -191,8 +197,9 @@ class _StateWriter:
             known = texts.tail = (parent_task_id, spec_name, kind, f",{rest[1:]}")  # (closes the object)
         return known[3]
 
-    def workflow(self, wf, out: list[str]) -> None:
-        """A workflow's JSON object, open at its end: WorkflowConverter.to_dict's keys in its order."""
+    def workflow(self, wf, out: list, archiving: _Archiving | None, key_text: str) -> None:
+        """A workflow's JSON object, open at its end: WorkflowConverter.to_dict's keys in its order
+        (its tasks as the list of their texts; ``key_text``: the workflow's key in a part)."""
         enc, reg = self.encode, self.registry
         texts = self.texts(wf)
         ids = texts.ids
@@ -218,13 +225,15 @@ class _StateWriter:
         root_id = wf.task_tree.id
         root = ids.get(root_id) or _id_text(ids, root_id, enc)
         out.append(f'{head[:-1]},"tasks":{{')
-        out.append(self.tasks(wf))
+        out.append(self.tasks(wf, archiving, key_text))
         out.append(f'}},"root":{root}')
 
-    def tasks(self, wf) -> str:
+    def tasks(self, wf, archiving: _Archiving | None, key_text: str) -> list[str]:
         """The tasks' texts, each TaskConverter.to_dict's keys in its order: a task's fixed fields
         (reused while they are the same objects), its internal data and its data or delta (see
-        the module's docstring for when those are reused)."""
+        the module's docstring for when those are reused). When ``archiving``, an archived task
+        whose text did not change is its stub, and the finished tasks not archived are offered
+        to ``archiving``."""
         texts = self.texts(wf)
         entries = texts.tasks
         enc, convert = self.encode, self.registry.convert
@@ -251,7 +260,13 @@ class _StateWriter:
                 if internal_text is e.internal_used:
                     full = parent is None or not parent._state & _FINISHED
                     if full is e.settled_full and (None if full else parent.data) is e.settled_parent:
-                        parts.append(e.text)
+                        text = e.text
+                        if archiving is None:
+                            parts.append(text)
+                        elif text is e.archived:
+                            parts.append(e.stub)
+                        else:
+                            archiving.offer(parts, e, text, key_text)
                         continue
             changed, triggered = task.last_state_change, task.triggered
             name, children, tid = task.task_spec.name, task._children, task.id
@@ -333,12 +348,25 @@ class _StateWriter:
             elif e.settled_data is not None:  # its text is a running task's now: settled anew when it finishes
                 e.settled, e.settled_data, e.settled_full, e.settled_parent = False, None, None, None
             if fixed is e.fixed_used and internal_text is e.internal_used and data_text is e.data_used:
-                parts.append(e.text)
+                text = e.text
             else:
-                parts.append(e.join(fixed, internal_text, data_text))
+                text = e.join(fixed, internal_text, data_text)
+            archived = e.archived
+            if archived is not None:
+                if text is archived or text == archived:  # (equal: the text a restored task had in its part)
+                    e.archived = text
+                    if archiving is not None:
+                        parts.append(e.stub)
+                        continue
+                else:  # changed since: stored in full again (and archived anew once settled)
+                    e.archived = e.stub = None
+            if archiving is not None and finished:
+                archiving.offer(parts, e, text, key_text)
+            else:
+                parts.append(text)
         if len(entries) > len(all_tasks):
             texts.prune(all_tasks)
-        return ",".join(parts)
+        return parts
 
     def delta(self, e: _TaskText, updates: dict, deletions: list, pickled) -> str:
         """A task's delta text: the last one while its updates and deletions pickle the same (``pickled``
@@ -364,6 +392,7 @@ class _StateWriter:
             key_text = id_text if key is tid else enc(str(key))
             parent_text = "null" if parent is None else ids.get(parent_id) or _id_text(ids, parent_id, enc)
             e.head = f'{key_text}:{{"id":{id_text},"parent":{parent_text},"children":'
+            e.key_text = key_text
             e.key, e.id, e.parent, e.parent_id = key, tid, parent, parent_id
         if children != e.children or e.children_text is None:
             e.children_text = _children_text(e, children, ids, enc)
@@ -390,7 +419,7 @@ class _TaskText:
     __slots__ = ("key", "id", "parent", "parent_id", "head", "children", "children_text", "state", "changed",
                  "triggered", "name", "fixed", "internal_pickle", "internal_text", "data_kind", "data_pickle",
                  "data_text", "fixed_used", "internal_used", "data_used", "text", "settled", "settled_data",
-                 "settled_full", "settled_parent", "settled_internal")
+                 "settled_full", "settled_parent", "settled_internal", "key_text", "archived", "stub")
 
     def __init__(self) -> None:
         self.key = self.id = self.parent = self.parent_id = self.head = self.children = None
@@ -399,12 +428,43 @@ class _TaskText:
         self.fixed_used = self.internal_used = self.data_used = self.text = None
         self.settled = False
         self.settled_data = self.settled_full = self.settled_parent = self.settled_internal = None
+        self.key_text = self.archived = self.stub = None  # its key's text; its text in a part, its stub
 
     def join(self, fixed: str, internal_text: str, data_text: str) -> str:
         """The whole text from its parts (remembered with them)."""
         self.fixed_used, self.internal_used, self.data_used = fixed, internal_text, data_text
         text = self.text = f'{fixed},"internal_data":{internal_text},{data_text},"typename":{_TASK_TYPENAME}}}'
         return text
+
+
+class _Archiving:
+    """The finished tasks one dump offers to archive, and the part made of them (``archive``)."""
+
+    __slots__ = ("part_no", "offers", "size")
+
+    def __init__(self, part_no: int) -> None:
+        self.part_no = part_no
+        self.offers: list[tuple[list[str], int, _TaskText, str, str]] = []
+        self.size = 0
+
+    def offer(self, parts: list[str], e: _TaskText, text: str, key_text: str) -> None:
+        """Append a finished task's text to its workflow's ``parts``; it may become a stub there."""
+        self.offers.append((parts, len(parts), e, text, key_text))
+        parts.append(text)
+        self.size += len(text)
+
+    def archive(self, min_size: int) -> str | None:
+        """The part of the tasks offered (their texts by workflow key), each replaced by its stub in
+        the state, when they come to ``min_size`` characters or more; else None."""
+        if not self.offers or self.size < min_size:
+            return None
+        tail = f":{self.part_no}"
+        by_workflow: dict[str, list[str]] = {}
+        for parts, i, e, text, key_text in self.offers:
+            by_workflow.setdefault(key_text, []).append(text)
+            e.archived = text
+            e.stub = parts[i] = f"{e.key_text}{tail}"
+        return "{" + ",".join(f"{k}:{{{','.join(texts)}}}" for k, texts in by_workflow.items()) + "}"
 
 
 class _WorkflowTexts:
@@ -524,17 +584,93 @@ def _id_text(ids: dict, task_id, enc) -> str:
 
 _writer = _StateWriter()
 
+PART_MIN = 4096
+"""The fewest characters of finished tasks ``dump_state_parts`` moves into a part of their own."""
+
+PartsReader = Callable[[list[int]], Mapping[int, str]]
+"""Reads the parts with the given numbers (of the instance being restored): number -> text."""
+
 
 def dump_state(workflow: BpmnWorkflow) -> str:
-    """Serialize a workflow's state (without specs) to a JSON string."""
-    return _writer.state(workflow)
+    """Serialize a workflow's state (without specs) to a JSON string, every task in it."""
+    return _writer.state(workflow)[0]
 
 
-def load_state(state: str, spec: BpmnProcessSpec, subprocess_specs: dict) -> BpmnWorkflow:
-    """Restore a workflow saved by ``dump_state`` around the given (cached) specs."""
+def dump_state_parts(workflow: BpmnWorkflow, part_no: int, part_min: int = PART_MIN) -> tuple[str, str | None]:
+    """The state to store for a workflow, and the new part to store with it under ``part_no``
+    (or None), so that a step writes what moved rather than its whole history.
+
+    A finished task whose text did not change since it was archived is written as a stub,
+    ``"<task id>":<part number>``, its text kept in that part. The finished tasks not archived
+    yet become the new part once they come to ``part_min`` characters. The marks live on the
+    workflow object: store the part in the same transaction as the state, and drop the
+    workflow if that transaction fails (``engine.runtime`` caches workflows only after commit).
+    ``load_state`` with the parts restores exactly what ``dump_state`` would have written.
+    """
+    return _writer.state(workflow, part_no, part_min)
+
+
+def load_state(state: str, spec: BpmnProcessSpec, subprocess_specs: dict,
+               parts: PartsReader | None = None) -> BpmnWorkflow:
+    """Restore a workflow saved by ``dump_state`` (or ``dump_state_parts``: its stubs are read
+    through ``parts``) around the given (cached) specs."""
     dct = json.loads(state, cls=serializer.json_decoder_cls)
+    archived = _unstub(dct, parts)
     serializer.migrate(dct)
-    return serializer.from_dict(dct, spec=spec, subprocess_specs=subprocess_specs)
+    workflow = serializer.from_dict(dct, spec=spec, subprocess_specs=subprocess_specs)
+    if archived:
+        _seed_archived(workflow, archived)
+    return workflow
+
+
+def expand_state(state: str, parts: PartsReader) -> dict:
+    """A stored state as a dict with every task in full (its stubs replaced from ``parts``): the
+    dict ``serializer.to_dict`` makes of the workflow, without its specs."""
+    dct = json.loads(state, cls=serializer.json_decoder_cls)
+    _unstub(dct, parts)
+    return dct
+
+
+def _unstub(dct: dict, parts: PartsReader | None) -> dict[str, list[tuple[str, str, str]]]:
+    """Put the archived tasks of a state back in place of their stubs; returns them by workflow
+    key ('' for the top workflow) as (task key, stub, text in the part) for ``_seed_archived``."""
+    workflows = [("", dct), *((key, sp) for key, sp in dct.get("subprocesses", {}).items())]
+    stubs = [(key, tasks, task_key, n) for key, tasks in ((k, w.get("tasks", {})) for k, w in workflows)
+             for task_key, n in tasks.items() if type(n) is int]
+    if not stubs:
+        return {}
+    if parts is None:
+        raise ValueError("this state keeps finished tasks in parts of their own: load it with its parts")
+    wanted = sorted({n for *_, n in stubs})
+    texts = parts(wanted)
+    missing = [n for n in wanted if n not in texts]
+    if missing:
+        raise ValueError(f"the state's parts {missing} are missing")
+    decoded = {n: json.loads(texts[n]) for n in wanted}
+    enc = _writer.encode
+    archived: dict[str, list[tuple[str, str, str]]] = {}
+    for workflow_key, tasks, task_key, n in stubs:
+        try:
+            raw = decoded[n][workflow_key][task_key]
+        except KeyError:
+            raise ValueError(f"part {n} of the state lacks task {task_key}") from None
+        tasks[task_key] = raw
+        key_text = enc(task_key)
+        # (encoded before restoring: the converters may change the dict they read)
+        archived.setdefault(workflow_key, []).append((task_key, f"{key_text}:{n}", f"{key_text}:{enc(raw)}"))
+    return archived
+
+
+def _seed_archived(wf: BpmnWorkflow, archived: dict[str, list[tuple[str, str, str]]]) -> None:
+    """Mark the tasks a restored state took from its parts as archived, so the next dump writes
+    them as stubs again when their text is still the one in the part."""
+    workflows = {"": wf, **{str(k): sp for k, sp in wf.subprocesses.items()}}
+    for workflow_key, entries in archived.items():
+        workflow = workflows[workflow_key]
+        texts = _writer.texts(workflow)
+        for task_key, stub, text in entries:
+            e = texts.tasks[workflow.tasks[UUID(task_key)]] = _TaskText()
+            e.archived, e.stub = text, stub
 
 
 # -- plain JSON values ------------------------------------------------------------------------

@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, literal_column, select, update
 
 from engine.fastsql import Prepared
-from engine.models import HumanTask, Instance, OutboxMessage, ProcessVersion, Timer
+from engine.models import HumanTask, Instance, InstanceStatePart, OutboxMessage, ProcessVersion, Timer
 
 _instances = Instance.__table__
 _tasks = HumanTask.__table__
 _timers = Timer.__table__
 _outbox = OutboxMessage.__table__
 _versions = ProcessVersion.__table__
+_parts = InstanceStatePart.__table__
 
 
 @dataclass(slots=True)
@@ -70,9 +71,25 @@ def lock_instance(conn: Connection, instance_id: int) -> InstanceRow | None:
     return None if row is None else InstanceRow(*row)
 
 
-def instance_state(conn: Connection, instance_id: int) -> str:
-    """The stored workflow state of an instance (JSON)."""
-    return _SELECT_STATE.first(conn, {"instance_id": instance_id})[0]
+def instance_state(conn: Connection, instance_id: int) -> str | None:
+    """The stored workflow state of an instance (JSON), or None when there is no such instance."""
+    row = _SELECT_STATE.first(conn, {"instance_id": instance_id})
+    return None if row is None else row[0]
+
+
+_INSERT_PART = Prepared(insert(_parts))
+
+
+def insert_state_part(conn: Connection, instance_id: int, part: int, tasks: str) -> None:
+    """Store a part of an instance's state (``engine.serialization.dump_state_parts``)."""
+    _INSERT_PART.run(conn, {"instance_id": instance_id, "part": part, "tasks": tasks})
+
+
+def state_parts(conn: Connection, instance_id: int, parts: list[int]) -> dict[int, str]:
+    """The given parts of an instance's state: part number -> its text."""
+    query = select(_parts.c.part, _parts.c.tasks).where(_parts.c.instance_id == instance_id,
+                                                        _parts.c.part.in_(parts))
+    return {part: tasks for part, tasks in conn.execute(query)}
 
 
 def insert_instance(conn: Connection, values: dict[str, Any]) -> int:

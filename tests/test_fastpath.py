@@ -14,7 +14,6 @@ import collections
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import shutil
 import uuid
@@ -36,7 +35,7 @@ import engine.runtime
 from engine import fastpath
 from engine.config import Settings
 from engine.fastpath import _TREE_GET_TASKS, accelerate, tree_copy
-from engine.models import HumanTask, Instance, OutboxMessage, Timer
+from engine.models import HumanTask, OutboxMessage, Timer
 
 from migration_helpers import ANSWERS, at_intake, deploy, only_task, run_to_end
 from ticket_helpers import (
@@ -285,7 +284,7 @@ def _run_ticket(tmp_path: Path, sqlite_template: Path, name: str, monkeypatch) -
 
 def _everything(cf, instance_id: int) -> dict:
     with cf.Session() as s:
-        state = json.loads(s.get(Instance, instance_id).state)
+        state = cf.stored_state(instance_id)
         for wf in [state, *state["subprocesses"].values()]:
             for task in wf["tasks"].values():
                 del task["last_state_change"]  # wall-clock time of the run

@@ -20,7 +20,16 @@ from SpiffWorkflow.util.task import TaskState
 
 import engine.runtime
 from engine.deploy import Bundle
-from engine.serialization import _pickles, _writer, dump_state, load_state, serializer, to_jsonable
+from engine.serialization import (
+    PART_MIN,
+    _pickles,
+    _writer,
+    dump_state,
+    dump_state_parts,
+    load_state,
+    serializer,
+    to_jsonable,
+)
 
 from migration_helpers import at_intake, deploy, run_to_end
 from ticket_helpers import (
@@ -72,23 +81,40 @@ def reference_dump(wf) -> str:
         STOCK.registry._encoder_mode = False
 
 
+def expand(state: str, parts: dict[int, str]) -> str:
+    """A stored state with its stubs replaced by the tasks of its parts, as one JSON text."""
+    dct = json.loads(state)
+    decoded = {n: json.loads(text) for n, text in parts.items()}
+    for key, workflow in [("", dct), *dct["subprocesses"].items()]:
+        for task_key, n in list(workflow["tasks"].items()):
+            if type(n) is int:
+                workflow["tasks"][task_key] = decoded[n][key][task_key]
+    return json.dumps(dct, separators=(",", ":"))
+
+
 @pytest.fixture
 def checked_dumps(monkeypatch):
-    """Every state a step writes is compared with ``reference_dump`` (cached text and cold)."""
+    """Every state a step writes, with the parts written so far, is compared with ``reference_dump``
+    (cached text and cold)."""
     dumps = []
+    parts: dict = {}  # by the workflow's root task id: its parts so far
 
-    def checking(wf):
-        state = dump_state(wf)
-        assert state == reference_dump(wf)
+    def checking(wf, part_no, part_min=PART_MIN):
+        state, part = dump_state_parts(wf, part_no, part_min)
+        known = parts.setdefault(wf.task_tree.id, {})
+        if part is not None:
+            known[part_no] = part
+        reference = reference_dump(wf)
+        assert expand(state, known) == reference
         cold = dict(wf.__dict__)
         wf.__dict__.pop("_careflow_state_json", None)
-        assert dump_state(wf) == state
+        assert dump_state(wf) == reference
         wf.__dict__.clear()
         wf.__dict__.update(cold)  # keep the step's cache as it was
         dumps.append(wf)
-        return state
+        return state, part
 
-    monkeypatch.setattr(engine.runtime, "dump_state", checking)
+    monkeypatch.setattr(engine.runtime, "dump_state_parts", checking)
     return dumps
 
 
