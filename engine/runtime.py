@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import sys
 import threading
 import traceback
 from collections import OrderedDict
@@ -46,7 +47,14 @@ from engine.forms import validate_form
 from engine.inbox import task_facets
 from engine.models import AuditEntry, HumanTask, Incident, Instance, ProcessVersion, Timer
 from engine.sandbox import SandboxScriptEngine
-from engine.serialization import SERIALIZER_VERSION, dump_state_parts, expand_state, load_state, to_jsonable
+from engine.serialization import (
+    PART_MIN,
+    SERIALIZER_VERSION,
+    dump_state_parts,
+    expand_state,
+    load_state,
+    to_jsonable,
+)
 from engine.specs import LoadedVersion, SpecCache
 from engine.step import Step
 
@@ -561,7 +569,8 @@ class Careflow:
         if status == "completed":
             step.audit("instance_completed", details={"data_keys": sorted(wf.data.keys())})
         revision = (inst.revision or 0) + 1
-        state, part = dump_state_parts(wf, revision)
+        # a finished instance takes no further step: its last tasks stay in its state, no part for them
+        state, part = dump_state_parts(wf, revision, PART_MIN if status == "running" else sys.maxsize)
         values = dict(state=state, updated_at=now, revision=revision,
                       serializer_version=SERIALIZER_VERSION, completed_at=now if status == "completed" else None)
         # indexed columns only when they change: SQLite rewrites an index entry (a page written and

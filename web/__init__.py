@@ -41,9 +41,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(load_config())
     if test_config:
         app.config.update(test_config)
-    if app.config.get("CAREFLOW_ENGINE") is None:
+    if app.config.get("CAREFLOW_ENGINE") is None:  # the app is the process (a WSGI server's worker)
+        from engine.gc_tuning import tune_gc
         from engine.runtime import Careflow
 
+        tune_gc()
         app.config["CAREFLOW_ENGINE"] = Careflow()
     if not app.config.get("SECRET_KEY"):
         from engine.config import deployment_secret

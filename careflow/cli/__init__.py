@@ -17,12 +17,17 @@ import sys
 import click
 
 from careflow.cli.util import DefaultGroup
+from engine.gc_tuning import tune_gc
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="careflow")
 def cli() -> None:
     """Careflow: after-sales tickets and customer revisits on BPMN."""
+    try:
+        tune_gc()
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def _register_all() -> None:
