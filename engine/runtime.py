@@ -57,6 +57,7 @@ from engine.serialization import (
 )
 from engine.specs import LoadedVersion, SpecCache
 from engine.step import Step
+from engine.step_sessions import StepSessions
 
 log = logging.getLogger("careflow.engine")
 _ANY = object()  # "no expectation" marker for optional checks
@@ -92,6 +93,7 @@ class Careflow:
         self.db = make_engine(self.settings.database_url)
         self.Session = make_session_factory(self.db)
         self.ReadSession = make_read_session_factory(self.db)  # queries that never write
+        self.step_session = StepSessions(self.db, self.Session)  # a step's transaction (engine.step_sessions)
         if plugin_manager is None:
             from plugins.manager import get_plugin_manager
 
@@ -122,6 +124,7 @@ class Careflow:
 
     def close(self) -> None:
         """Release database connections."""
+        self.step_session.close()
         self.db.dispose()
 
     # -- deploy ------------------------------------------------------------------------------
@@ -154,7 +157,7 @@ class Careflow:
         """Start an instance of the latest (or given) version and run it to its first wait state."""
         if session is not None:  # started from inside another step (e.g. a script)
             return self._start_in(session, process_id, data, actor, version)
-        with self.Session() as s, s.begin():
+        with self.step_session() as s, s.begin():
             result = self._start_in(s, process_id, data, actor, version)
         self._after_commit(result)
         return result
@@ -245,7 +248,7 @@ class Careflow:
         no longer ready, or the instance changed concurrently) or ``NotFound``.
         """
         data = data or {}
-        with self.Session() as session, session.begin():
+        with self.step_session() as session, session.begin():
             conn = session.connection()
             row = step_rows.task_row(conn, task_id)
             if row is None:
@@ -313,7 +316,7 @@ class Careflow:
     def fire_timers(self, instance_id: int) -> StepResult | None:
         """Fire the due timers of one instance in one step; returns None if none was due."""
         try:
-            with self.Session() as session, session.begin():
+            with self.step_session() as session, session.begin():
                 inst = self._lock_row(session.connection(), instance_id)
                 result, _ = self._fire_locked(session, inst)
         except ScriptError as err:
@@ -354,7 +357,7 @@ class Careflow:
         now = now or self.now()
         claimed: int | None = None
         try:
-            with self.Session() as session, session.begin():
+            with self.step_session() as session, session.begin():
                 inst = self.claim_due_timer_instance(session, now, skip)
                 if inst is None:
                     return None
