@@ -73,16 +73,18 @@ def step_costs(cf: Careflow) -> dict[int, float]:
 
 
 def _time_commits(cf: Careflow) -> list[float]:
-    """Seconds each database commit of ``cf`` takes from now on (appended to the returned list)."""
+    """Seconds each database commit of ``cf`` takes from now on (appended to the returned list):
+    the steps' own connections (``engine.step_sessions``) and the shared pool's."""
     times: list[float] = []
-    do_commit = cf.db.dialect.do_commit
+    for db in {cf.db, cf.step_session.engine} - {None}:
+        do_commit = db.dialect.do_commit
 
-    def timed(dbapi_connection) -> None:  # noqa: ANN001 - a DBAPI connection
-        t0 = time.perf_counter()
-        do_commit(dbapi_connection)
-        times.append(time.perf_counter() - t0)
+        def timed(dbapi_connection, do_commit=do_commit) -> None:  # noqa: ANN001 - a DBAPI connection
+            t0 = time.perf_counter()
+            do_commit(dbapi_connection)
+            times.append(time.perf_counter() - t0)
 
-    cf.db.dialect.do_commit = timed
+        db.dialect.do_commit = timed
     return times
 
 

@@ -61,6 +61,11 @@ class StepSessions:
         self._lock = threading.Lock()
         self._closer = weakref.finalize(self, _close_all, self._held, self._lock)
 
+    @property
+    def engine(self) -> Engine | None:
+        """The engine the kept connections come from (None when steps use the shared pool)."""
+        return self._source
+
     @contextmanager
     def __call__(self) -> Iterator[Session]:
         held = self._take()
