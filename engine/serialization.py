@@ -634,9 +634,10 @@ def expand_state(state: str, parts: PartsReader) -> dict:
 def _unstub(dct: dict, parts: PartsReader | None) -> dict[str, list[tuple[str, str, str]]]:
     """Put the archived tasks of a state back in place of their stubs; returns them by workflow
     key ('' for the top workflow) as (task key, stub, text in the part) for ``_seed_archived``."""
-    workflows = [("", dct), *((key, sp) for key, sp in dct.get("subprocesses", {}).items())]
-    stubs = [(key, tasks, task_key, n) for key, tasks in ((k, w.get("tasks", {})) for k, w in workflows)
-             for task_key, n in tasks.items() if type(n) is int]
+    stubs = []  # (workflow key, its tasks, task key, part number)
+    for key, workflow in [("", dct), *dct.get("subprocesses", {}).items()]:
+        tasks = workflow.get("tasks", {})
+        stubs += [(key, tasks, task_key, n) for task_key, n in tasks.items() if type(n) is int]
     if not stubs:
         return {}
     if parts is None:
