@@ -59,12 +59,17 @@ def instructions(meta: HumanTaskMeta, task) -> str | None:
     if not meta.instructions:
         return None
     try:
-        return _template(meta.instructions).render(**dict(task.data))
+        template = _template(meta.instructions)
+        return template if type(template) is str else template.render(**dict(task.data))
     except jinja2.TemplateError as err:
         return f"{meta.instructions}\n\n(template error: {err})"
 
 
 @functools.lru_cache(maxsize=1024)
-def _template(source: str) -> jinja2.Template:
-    """Compiled (sandboxed) Jinja template of a task's instructions; compiling is the costly part."""
-    return _jinja.from_string(source)
+def _template(source: str) -> jinja2.Template | str:
+    """Compiled (sandboxed) Jinja template of a task's instructions; compiling is the costly part.
+    Instructions with no Jinja syntax at all are their own rendering (the text, as rendered once)."""
+    template = _jinja.from_string(source)
+    if not any(mark in source for mark in ("{{", "{%", "{#")) and _jinja.line_statement_prefix is None:
+        return template.render()
+    return template
