@@ -8,10 +8,16 @@ Prints ``name: value`` lines:
 - durable_instances_per_s: the same path through Careflow: a transaction per step with
   audit, ticket rows and outbox, SQLite in WAL mode with synchronous=FULL;
 - durable_over_raw: their ratio (target >= 0.5);
+- durable_over_raw_range: the lowest and highest ratio of the rounds;
 - durable_commit_ms_per_instance: of a durable instance's time, the part spent in its five
   commits (the WAL fsync of synchronous=FULL; depends on the disk more than on the code);
 - step_cost_200_over_5: median cost of completing a task in an instance with 200 steps
   of history over one with 5 (target <= 1.5).
+
+The two sides are measured in alternating rounds (``--rounds``, ``--instances`` each), and the
+figures are the medians over the rounds: a machine that slows down for a few seconds then
+weighs on one round of each side, not on one whole side. The durable side keeps one
+database through its rounds, so later rounds run against a larger one.
 
 Both sides run under the garbage-collector threshold Careflow's processes set
 (``engine.gc_tuning``; ``CAREFLOW_GC_THRESHOLD=0`` measures with Python's own).
@@ -20,6 +26,7 @@ Both sides run under the garbage-collector threshold Careflow's processes set
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -49,10 +56,10 @@ def durable_run(cf: Careflow, scenario) -> None:
         raise SystemExit(f"instance {r.instance_id} ended {r.status}, not completed")
 
 
-def measure(fn, n: int) -> float:
-    """Runs per second of ``fn`` over ``n`` runs (after two warm-up runs)."""
-    fn()
-    fn()
+def measure(fn, n: int, warm_up: int = 2) -> float:
+    """Runs per second of ``fn`` over ``n`` runs (after ``warm_up`` runs)."""
+    for _ in range(warm_up):
+        fn()
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
@@ -91,28 +98,35 @@ def _time_commits(cf: Careflow) -> list[float]:
 def main() -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--instances", type=int, default=200, help="instances per round and side")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     scenario = AFTER_SALES
     tune_gc()  # both measured in a process set up as Careflow's own are (engine/gc_tuning.py)
-
-    raw = measure(lambda: raw_run(scenario), args.instances)
 
     home = Path(tempfile.mkdtemp(prefix="careflow-bench-"))
     cf = Careflow(Settings(database_url=f"sqlite:///{home / 'bench.db'}", home=home))
     cf.init_db()
     cf.deploy([ROOT / "workflows"] if scenario.deploy_folder else [scenario.bpmn])
     commits = _time_commits(cf)
-    durable = measure(lambda: durable_run(cf, scenario), args.instances)
-    commit_ms = sum(commits[-args.instances * (scenario.user_tasks + 1):]) * 1000 / args.instances
+    gc.collect()  # the set-up's garbage (parsing, deploying) is collected before the timing, not in a round
+    raws, durables, commit_ms = [], [], []
+    for i in range(args.rounds):
+        warm_up = 2 if i == 0 else 0
+        raws.append(measure(lambda: raw_run(scenario), args.instances, warm_up))
+        del commits[:]
+        durables.append(measure(lambda: durable_run(cf, scenario), args.instances, warm_up))
+        commit_ms.append(sum(commits[-args.instances * (scenario.user_tasks + 1):]) * 1000 / args.instances)
     costs = step_costs(cf)
     cf.close()
+    ratios = [d / r for d, r in zip(durables, raws, strict=True)]
 
     print(f"scenario: {scenario.process_id} ({scenario.user_tasks} user tasks per instance)")
-    print(f"raw_instances_per_s: {raw:.1f}")
-    print(f"durable_instances_per_s: {durable:.1f}")
-    print(f"durable_over_raw: {durable / raw:.2f}")
-    print(f"durable_commit_ms_per_instance: {commit_ms:.2f}")
+    print(f"raw_instances_per_s: {statistics.median(raws):.1f}")
+    print(f"durable_instances_per_s: {statistics.median(durables):.1f}")
+    print(f"durable_over_raw: {statistics.median(ratios):.2f}")
+    print(f"durable_over_raw_range: {min(ratios):.2f}-{max(ratios):.2f}")
+    print(f"durable_commit_ms_per_instance: {statistics.median(commit_ms):.2f}")
     print(f"step_ms_at_5: {costs[5] * 1000:.2f}")
     print(f"step_ms_at_200: {costs[200] * 1000:.2f}")
     print(f"step_cost_200_over_5: {costs[200] / costs[5]:.2f}")
