@@ -70,6 +70,6 @@ def _template(source: str) -> jinja2.Template | str:
     """Compiled (sandboxed) Jinja template of a task's instructions; compiling is the costly part.
     Instructions with no Jinja syntax at all are their own rendering (the text, as rendered once)."""
     template = _jinja.from_string(source)
-    if not any(mark in source for mark in ("{{", "{%", "{#")) and _jinja.line_statement_prefix is None:
+    if not any(mark in source for mark in ("{{", "{%", "{#")):
         return template.render()
     return template
